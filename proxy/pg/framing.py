@@ -124,18 +124,20 @@ class FrontendParser:
                 event = self._decode_startup(data[pos:end])
             else:
                 if n - pos < 5:
+                    if n > pos and data[pos] not in _FRONTEND_DECODERS:
+                        raise ProtocolViolation(f"invalid frontend message type {data[pos]}")
                     break
                 length = _unpack_int32(data, pos + 1)[0]
                 if length < 4:
                     raise ProtocolViolation("invalid message length")
                 if length > self.max_message:
                     raise ProtocolViolation(f"message of {length} bytes exceeds the limit of {self.max_message}")
-                end = pos + 1 + length
-                if end > n:
-                    break
                 decoder = _FRONTEND_DECODERS.get(data[pos])
                 if decoder is None:
                     raise ProtocolViolation(f"invalid frontend message type {data[pos]}")
+                end = pos + 1 + length
+                if end > n:
+                    break
                 event = decoder(data if (pos == 0 and end == n) else data[pos:end])
             events.append(event)
             pos = end

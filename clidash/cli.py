@@ -1,0 +1,80 @@
+"""The `clidash` command line.
+
+Every option also reads an environment variable (CLIDASH_<COMMAND>_<OPTION>,
+e.g. CLIDASH_PROXY_PRIMARY) and a `--config FILE` TOML table named after the
+command ([proxy]); flags win over env, env over the file.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from .config import AUTH_METHODS, PROTOCOLS, ConfigError, build_proxy_config, load_toml_section
+
+
+def _load_config_file(ctx: click.Context, _param, path):
+    """Eager: the file's table becomes the defaults of the other options."""
+    if path:
+        try:
+            table = load_toml_section(path, ctx.info_name)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc)) from None
+        for key in ("replica", "user", "writing_function"):
+            if isinstance(table.get(key + "s"), list) and key not in table:
+                table[key] = table.pop(key + "s")
+        ctx.default_map = {**(ctx.default_map or {}), **table}
+    return path
+
+
+config_option = click.option(
+    "--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+    callback=_load_config_file, help="TOML file; its [<command>] table sets defaults for these options.")
+
+
+@click.group(context_settings={"auto_envvar_prefix": "CLIDASH", "help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="clidash")
+def main():
+    """CLIDash: consistency-aware database sidecar proxy."""
+
+
+@main.command()
+@config_option
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="postgresql", show_default=True)
+@click.option("--listen", metavar="HOST:PORT", help="Default 127.0.0.1:6432 (postgresql), 127.0.0.1:6033 (mysql).")
+@click.option("--primary", metavar="DSN", help="postgresql://user:pw@host:port/db of the primary.")
+@click.option("--replica", "replicas", metavar="DSN", multiple=True, help="A replica DSN; repeat for more.")
+@click.option("--service", default="default", show_default=True, help="Service name when clients send none.")
+@click.option("--mode", default="STRONG", show_default=True,
+              help="STRONG | READ_YOUR_WRITES | BOUNDED:<ms> | EVENTUAL")
+@click.option("--auth-method", type=click.Choice(AUTH_METHODS), default="scram-sha-256", show_default=True,
+              help="How clients authenticate to the proxy.")
+@click.option("--auth-trust-loopback", is_flag=True, help="Trust clients connecting from loopback.")
+@click.option("--user", "users", metavar="NAME=PASSWORD", multiple=True,
+              help="A client login; default: the primary DSN's user and password.")
+@click.option("--writing-function", "writing_functions", metavar="NAME", multiple=True,
+              help="A function with side effects: statements calling it go to the primary.")
+@click.option("--health-interval", type=float, default=1.0, show_default=True, help="Replica probe interval (s).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+def proxy(protocol, listen, primary, replicas, service, mode, auth_method, auth_trust_loopback, users,
+          writing_functions, health_interval, log_level):
+    """Run the sidecar proxy."""
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = build_proxy_config(protocol, listen, primary, replicas, service, mode, auth_method,
+                                    auth_trust_loopback, users, writing_functions, health_interval)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    from clidash.proxy.dsn import DsnError
+    from clidash.proxy.run import run
+    try:
+        run(config)
+    except DsnError as exc:
+        raise click.UsageError(str(exc)) from None
+    except NotImplementedError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror}") from None

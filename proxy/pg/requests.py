@@ -1,0 +1,116 @@
+"""Client requests: the unit the proxy routes.
+
+A request is a simple Query, a FunctionCall, or the extended-protocol messages
+up to a Sync (or up to a Flush, in which case the messages up to the next Sync
+continue it on the same backend). Building one classifies its statements once
+and records what routing and session tracking need.
+"""
+from __future__ import annotations
+
+from . import messages as m
+from .classify import TxEffect
+
+_EXTENDED = (m.Parse, m.Bind, m.Describe, m.Execute, m.Close)
+
+
+class Request:
+    __slots__ = ("raw", "messages", "replica_ok", "reason", "route", "operation", "tx",
+                 "executed", "referenced", "complete", "continues", "simple_begin",
+                 "defines_statements", "needs_open_portal")
+
+    def __init__(self, raw: bytes, messages: list, complete: bool, continues: bool):
+        self.raw = raw
+        self.messages = messages
+        self.complete = complete        # ends with Sync/Query/FunctionCall: one ReadyForQuery follows
+        self.continues = continues      # follows a Flush: must run where the previous part ran
+        self.replica_ok = False
+        self.reason = "write"
+        self.route = ""
+        self.operation = "other"
+        self.tx = TxEffect.NONE
+        self.executed = ()              # classifications whose session effects apply on success
+        self.referenced = None          # statement names used but not parsed in this request
+        self.simple_begin = False       # a lone simple-query BEGIN the proxy may defer
+        self.defines_statements = False # has Parse or Close of a statement: session tracking needed
+        self.needs_open_portal = False  # executes a portal bound by an earlier request
+
+
+def simple_query(event: m.Query, classifier) -> Request:
+    cls = classifier.classify(event.sql)
+    req = Request(event.raw, [event], True, False)
+    req.replica_ok = cls.replica_ok
+    req.reason = cls.reason
+    req.route = cls.route_id
+    req.operation = cls.operation
+    req.tx = cls.tx
+    req.executed = (cls,)
+    req.simple_begin = cls.tx is TxEffect.BEGIN and cls.statement_count == 1
+    return req
+
+
+def function_call(event: m.FunctionCall) -> Request:
+    req = Request(event.raw, [event], True, False)
+    req.reason = "function_call"
+    req.route = "q_fastpath"
+    return req
+
+
+def extended(messages: list, complete: bool, continues: bool, statements: dict, classifier) -> Request:
+    """Classify a batch. `statements` maps the session's prepared statement names
+    to PreparedStatement (for Binds of statements parsed earlier)."""
+    raw = messages[0].raw if len(messages) == 1 else b"".join(msg.raw for msg in messages)
+    req = Request(raw, messages, complete, continues)
+    parsed = {}       # name -> classification, parsed in this batch
+    bound = {}        # portal -> classification
+    executed = []
+    referenced = None
+    everything = []
+    for msg in messages:
+        kind = type(msg)
+        if kind is m.Bind or (kind is m.Describe and msg.kind == "S"):
+            name = msg.statement if kind is m.Bind else msg.name
+            cls = parsed.get(name)
+            if cls is None:
+                ps = statements.get(name)
+                cls = ps.classification if ps is not None else None
+                if referenced is None:
+                    referenced = []
+                referenced.append(name)
+            if kind is m.Bind:
+                bound[msg.portal] = cls
+            everything.append(cls)
+        elif kind is m.Parse:
+            cls = parsed[msg.statement] = classifier.classify(msg.sql)
+            everything.append(cls)
+            req.defines_statements = True
+        elif kind is m.Execute:
+            if msg.portal not in bound:
+                req.needs_open_portal = True
+            executed.append(bound.get(msg.portal))
+        elif kind is m.Close and msg.kind == "S":
+            req.defines_statements = True
+    considered = executed or everything
+    req.referenced = referenced
+    if not considered:
+        # Only Sync/Close/Describe-portal: harmless anywhere, but keep it on the primary.
+        req.reason = "protocol"
+        req.route = "q_protocol"
+        return req
+    first = considered[0]
+    if any(c is None for c in considered):
+        # A statement we never saw parsed (e.g. SQL-level PREPARE): the primary has it.
+        req.reason = "unknown_statement"
+        req.route = first.route_id if first is not None else "q_unknown"
+        return req
+    req.route = first.route_id
+    req.tx = first.tx
+    req.executed = tuple(executed)
+    if all(c.replica_ok for c in considered):
+        req.replica_ok = True
+        req.reason = first.reason
+        req.operation = "read"
+    else:
+        blocking = next(c for c in considered if not c.replica_ok)
+        req.reason = blocking.reason
+        req.operation = "write" if any(c.operation == "write" for c in considered) else blocking.operation
+    return req
