@@ -26,7 +26,7 @@ class StatementHistogram:
         self.counts = [0] * (len(LATENCY_BUCKETS_S) + 1)   # last slot is +Inf
         self.sum = 0.0
         self.errors = 0
-        self.reasons: Counter = Counter()
+        self.reasons: dict[str, int] = {}
 
     @property
     def count(self) -> int:
@@ -53,7 +53,8 @@ class StatementStats:
             hist = self._overflow_aliases.get(key) or self._new_histogram(key)
         hist.counts[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
         hist.sum += seconds
-        hist.reasons[reason] += 1
+        reasons = hist.reasons
+        reasons[reason] = reasons.get(reason, 0) + 1
         if failed:
             hist.errors += 1
 

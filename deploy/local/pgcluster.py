@@ -309,7 +309,7 @@ async def _wait_streaming(primary: PgServer, replica: PgServer, timeout: float) 
 
 
 async def _wait_replicas_caught_up(primary: PgServer, replicas: list[PgServer], timeout: float) -> None:
-    target_lsn = await _fetchval(primary, "SELECT pg_current_wal_lsn()::text")
+    target_lsn = await _fetchval(primary, "SELECT pg_current_wal_insert_lsn()::text")
     for replica in replicas:
         await _poll(
             lambda: _fetchval(replica, "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", target_lsn),

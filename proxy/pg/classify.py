@@ -412,24 +412,26 @@ class Classifier:
         key = sql if len(sql) <= MAX_INLINE_KEY else digest_key(sql)
         result = self._by_text.get(key)
         if result is None:
-            result = self._classify_new_text(sql)
-            self._by_text.put(key, result)
+            shape = shape_key(sql)
+            result = self._by_shape.get(shape) if shape is not None else None
+            if result is None:
+                # New shapes (and texts that have no shape key) are remembered by
+                # text; a known shape with new literals is not, so a stream of
+                # distinct literals does not churn the text cache.
+                result = self._classify_new_text(sql, shape)
+                self._by_text.put(key, result)
         return result
 
     def cache_sizes(self) -> tuple[int, int]:
         """Entries in the exact-text cache and in the shape cache."""
         return len(self._by_text), len(self._by_shape)
 
-    def _classify_new_text(self, sql: str) -> Classification:
-        shape = shape_key(sql)
-        if shape is None:
-            return self.analyze(sql)
-        result = self._by_shape.get(shape)
-        if result is None:
-            result = self.analyze(sql)
-            # Only results that cannot depend on the literals' text are shared.
-            if result.session_replay is None and result.deallocate is None and result.reason != "unparseable":
-                self._by_shape.put(shape, result)
+    def _classify_new_text(self, sql: str, shape) -> Classification:
+        result = self.analyze(sql)
+        # Only results that cannot depend on the literals' text are shared.
+        if (shape is not None and result.session_replay is None and result.deallocate is None
+                and result.reason != "unparseable"):
+            self._by_shape.put(shape, result)
         return result
 
     def analyze(self, sql: str) -> Classification:

@@ -117,6 +117,12 @@ class ClientSession(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes):
+        if self.phase is _READY and not self.batch and not self.batch_continues and self.frontend.idle:
+            req = requests.prepared_execution(data, self.state.statements)
+            if req is not None:
+                self.pending.append(req)
+                self.pump()
+                return
         try:
             events = self.frontend.feed(data)
             if self.phase is _READY:

@@ -145,6 +145,11 @@ class FrontendParser:
             self._buf = data[pos:]
         return events
 
+    @property
+    def idle(self) -> bool:
+        """No partial message is buffered: the next bytes start a new message."""
+        return not self._buf and not self.in_startup
+
     def _decode_startup(self, raw: bytes):
         code = _unpack_int32(raw, 4)[0]
         if code == m.SSL_REQUEST_CODE and len(raw) == 8:

@@ -114,3 +114,40 @@ def extended(messages: list, complete: bool, continues: bool, statements: dict, 
         req.reason = blocking.reason
         req.operation = "write" if any(c.operation == "write" for c in considered) else blocking.operation
     return req
+
+
+_SYNC = m.sync()
+_DESCRIBE_UNNAMED_PORTAL = m.message(b"D", b"P\0")
+
+
+def prepared_execution(data: bytes, statements: dict):
+    """Fast path for the most common extended batch: one read from the client
+    holding exactly Bind(unnamed portal, known statement) [Describe portal]
+    Execute Sync. Returns the same Request `extended` would build, without
+    decoding every message into an event; None when data has any other shape."""
+    n = len(data)
+    if n < 24 or data[0] != 0x42 or not data.endswith(_SYNC) or data[5] != 0:
+        return None
+    bind_end = 1 + int.from_bytes(data[1:5], "big")
+    name_end = data.find(b"\0", 6, bind_end)
+    if name_end < 0 or bind_end > n - 5:
+        return None
+    ps = statements.get(data[6:name_end].decode("utf-8", "surrogateescape"))
+    if ps is None:
+        return None
+    pos = bind_end
+    if data.startswith(_DESCRIBE_UNNAMED_PORTAL, pos):
+        pos += len(_DESCRIBE_UNNAMED_PORTAL)
+    # Execute of the unnamed portal: 'E', int32 9, "\0", int32 max rows.
+    if data[pos:pos + 6] != b"E\x00\x00\x00\x09\x00" or pos + 10 != n - 5:
+        return None
+    cls = ps.classification
+    req = Request(data, (), True, False)
+    req.replica_ok = cls.replica_ok
+    req.reason = cls.reason
+    req.route = cls.route_id
+    req.operation = "read" if cls.replica_ok else cls.operation
+    req.tx = cls.tx
+    req.executed = (cls,)
+    req.referenced = [ps.name]
+    return req

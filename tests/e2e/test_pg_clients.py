@@ -56,7 +56,8 @@ def rows_of(output: str) -> list[list[str]]:
 
 def need(tool: str) -> None:
     if shutil.which(tool) is None:
-        pytest.skip(f"{tool} is not installed")
+        pytest.fail(f"{tool} is not installed: these tests need the PostgreSQL client tools "
+                    "(Debian: apt-get install postgresql-client postgresql-contrib)")
 
 
 async def aconnect(proxy, **kwargs) -> asyncpg.Connection:
@@ -597,7 +598,6 @@ def test_sqlalchemy_psycopg(eventual_proxy, direct):
 
 
 async def test_sqlalchemy_asyncpg(eventual_proxy, direct):
-    pytest.importorskip("greenlet", reason="SQLAlchemy's asyncio extension needs greenlet (sqlalchemy[asyncio])")
     from sqlalchemy import insert, select, text
     from sqlalchemy.ext.asyncio import create_async_engine
 

@@ -156,3 +156,49 @@ def test_backend_invalid_length_is_a_violation():
     p = BackendParser()
     with pytest.raises(ProtocolViolation):
         p.feed(b"D\x00\x00\x00\x01")
+
+
+# -- the prepared-execution fast path builds what the general path builds -----
+
+def _bind(portal: str, statement: str, params=(b"1",)) -> bytes:
+    body = portal.encode() + b"\0" + statement.encode() + b"\0" + struct.pack("!h", 0)
+    body += struct.pack("!h", len(params)) + b"".join(struct.pack("!i", len(p)) + p for p in params)
+    return msg(b"B", body + struct.pack("!h", 0))
+
+
+def _execute(portal: str = "") -> bytes:
+    return msg(b"E", portal.encode() + b"\0" + struct.pack("!i", 0))
+
+
+@pytest.mark.parametrize("sql", ["SELECT $1::int", "UPDATE t SET x = $1", "SELECT nextval('s')", "BEGIN READ ONLY"])
+@pytest.mark.parametrize("describe", [True, False])
+def test_prepared_execution_fast_path_matches_general_path(sql, describe):
+    from clidash.proxy.pg import requests
+    from clidash.proxy.pg.classify import Classifier
+    from clidash.proxy.pg.session import BackendSessionState, SessionState
+
+    classifier = Classifier()
+    state = SessionState()
+    state.parsed(m.Parse(msg(b"P", b"s1\0" + sql.encode() + b"\0\0\0"), "s1", sql),
+                 classifier.classify(sql), BackendSessionState())
+    data = _bind("", "s1") + (msg(b"D", b"P\0") if describe else b"") + _execute() + m.sync()
+    fast = requests.prepared_execution(data, state.statements)
+    general = requests.extended(ready_parser().feed(data), True, False, state.statements, classifier)
+    fields = ("raw", "replica_ok", "reason", "route", "operation", "tx", "executed", "referenced",
+              "complete", "continues", "defines_statements", "needs_open_portal")
+    assert fast is not None
+    assert {f: getattr(fast, f) for f in fields} == {f: getattr(general, f) for f in fields}
+
+
+@pytest.mark.parametrize("data", [
+    _bind("p1", "s1") + _execute("p1") + m.sync(),          # named portal
+    _bind("", "unknown") + _execute() + m.sync(),           # statement never parsed here
+    _bind("", "s1") + _execute() + m.sync() + m.sync(),     # two Syncs
+    _bind("", "s1") + _execute(),                           # no Sync
+    _bind("", "s1") + msg(b"D", b"Ss1\0") + _execute() + m.sync(),
+])
+def test_prepared_execution_fast_path_declines_other_shapes(data):
+    from clidash.proxy.pg import requests
+    from clidash.proxy.pg.session import PreparedStatement
+    statements = {"s1": PreparedStatement("s1", "SELECT 1", b"", object())}
+    assert requests.prepared_execution(data, statements) is None
