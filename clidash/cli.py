@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from .cli_policy import policy
 from .config import AUTH_METHODS, PROTOCOLS, ConfigError, build_proxy_config, load_toml_section
 
 
@@ -78,3 +79,19 @@ def proxy(protocol, listen, primary, replicas, service, mode, auth_method, auth_
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror}") from None
+
+
+@main.command()
+def demo():
+    """The whole system on this machine (from a source checkout): throwaway
+    primary + standby, the proxy, a mixed workload, per-server counts."""
+    import pathlib
+    import runpy
+    script = pathlib.Path(__file__).resolve().parent.parent / "deploy" / "local" / "demo.py"
+    if not script.exists():
+        raise click.ClickException("the demo needs a source checkout (deploy/local/demo.py); run `make demo` there")
+    sys.argv = [str(script)]
+    runpy.run_path(str(script), run_name="__main__")
+
+
+main.add_command(policy)

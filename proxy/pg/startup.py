@@ -86,12 +86,21 @@ class ClientStartup:
             first = self._authenticator.start()
         except AuthFailed as exc:
             return b"", Rejected(_auth_error(exc))
-        return first, self._authenticated() if self._authenticator.done else None
+        return _negotiation(startup) + first, self._authenticated() if self._authenticator.done else None
 
     def _authenticated(self) -> Authenticated:
         params = self._startup.params
         forwarded = {k: v for k, v in params.items() if k not in _NOT_FORWARDED and not k.startswith("_pq_.")}
         return Authenticated(params["user"], params.get("database"), forwarded)
+
+
+def _negotiation(startup: m.StartupMessage) -> bytes:
+    """A client asking for a newer 3.x minor version or _pq_ options learns
+    that we speak 3.0 without them, as PostgreSQL answers."""
+    unknown = sorted(k for k in startup.params if k.startswith("_pq_."))
+    if (startup.protocol & 0xFFFF) == 0 and not unknown:
+        return b""
+    return m.negotiate_protocol_version(0, unknown)
 
 
 def _auth_error(exc: AuthFailed) -> bytes:

@@ -202,3 +202,12 @@ def test_prepared_execution_fast_path_declines_other_shapes(data):
     from clidash.proxy.pg.session import PreparedStatement
     statements = {"s1": PreparedStatement("s1", "SELECT 1", b"", object())}
     assert requests.prepared_execution(data, statements) is None
+
+
+def test_newer_protocol_minor_is_negotiated_down_to_3_0():
+    from clidash.proxy.pg.startup import AuthConfig, ClientStartup
+    body = struct.pack("!i", 0x00030002) + b"user\0u\0_pq_.x\0y\0\0"
+    (startup,) = FrontendParser().feed(struct.pack("!i", len(body) + 4) + body)
+    reply, outcome = ClientStartup(AuthConfig("trust", {}), False).receive(startup)
+    assert reply.startswith(m.negotiate_protocol_version(0, ["_pq_.x"]))
+    assert "_pq_.x" not in outcome.params
