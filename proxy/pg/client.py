@@ -19,7 +19,7 @@ from . import messages as m
 from . import requests
 from .backend import BackendConnection, BackendUnavailable
 from .classify import TxEffect
-from .framing import FrontendParser, ProtocolViolation
+from .framing import FrontendParser, ProtocolViolation, ends_with_ready
 from .session import SessionState
 from .startup import Authenticated, CancelRequested, ClientStartup, Rejected
 
@@ -118,7 +118,14 @@ class ClientSession(asyncio.Protocol):
 
     def data_received(self, data: bytes):
         if self.phase is _READY and not self.batch and not self.batch_continues and self.frontend.idle:
-            req = requests.prepared_execution(data, self.state.statements)
+            # Fast paths for the two commonest reads: one whole simple Query, or
+            # one Bind/Execute/Sync of a known statement. Anything else (or
+            # anything malformed) takes the general path below.
+            if data[0] == 0x51 and data[-1] == 0 and len(data) == 1 + int.from_bytes(data[1:5], "big"):
+                sql = data[5:-1].decode("utf-8", "surrogateescape")
+                req = requests.simple_query(data, sql, self.proxy.classifier)
+            else:
+                req = requests.prepared_execution(data, self.state.statements)
             if req is not None:
                 self.pending.append(req)
                 self.pump()
@@ -208,7 +215,7 @@ class ClientSession(asyncio.Protocol):
                 self.batch.append(event)
                 self.finish_batch(complete=True)
             else:
-                req = requests.simple_query(event, self.proxy.classifier)
+                req = requests.simple_query(event.raw, event.sql, self.proxy.classifier)
                 req.continues = self.batch_continues
                 self.batch_continues = False
                 self.pending.append(req)
@@ -380,6 +387,18 @@ class ClientSession(asyncio.Protocol):
         if not inflight or inflight[0].backend is not backend:
             self.unsolicited(backend, data)
             return
+        entry = inflight[0]
+        if entry.swallow == 0 and not entry.hide_ready and backend.parser.idle:
+            status = ends_with_ready(data)
+            if status is not None:
+                # The whole response in one read, nothing in it the session must
+                # track: forward it as is.
+                self.transport.write(data)
+                self.complete(entry, status)
+                inflight.popleft()
+                if inflight or self.pending or self.deferred_out:
+                    self.after_response()
+                return
         try:
             events = backend.parser.feed(data)
         except ProtocolViolation as exc:
@@ -419,6 +438,9 @@ class ClientSession(asyncio.Protocol):
                 entry.parse_ok += 1
         if out or whole:
             self.transport.write(data if whole else b"".join(out))
+        self.after_response()
+
+    def after_response(self):
         if not self.inflight and self.deferred_out:
             self.transport.write(b"".join(self.deferred_out))
             self.deferred_out.clear()

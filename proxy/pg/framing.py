@@ -231,6 +231,11 @@ class BackendParser:
     def relay_mode(self) -> None:
         self._decoders = _RELAY_DECODERS
 
+    @property
+    def idle(self) -> bool:
+        """No partial message is buffered."""
+        return not self._buf
+
     def feed(self, data: bytes) -> list:
         whole = not self._buf
         if self._buf:
@@ -261,3 +266,26 @@ class BackendParser:
             whole = False
         self.whole = whole
         return events
+
+
+_ERROR, _PARSE_COMPLETE, _READY = ord("E"), ord("1"), ord("Z")
+
+
+def ends_with_ready(data: bytes) -> str | None:
+    """The ReadyForQuery status when data is whole messages ending with
+    ReadyForQuery and holding no ErrorResponse or ParseComplete (the messages
+    session tracking needs); else None. Cheaper than feeding the parser."""
+    n = len(data)
+    if n < 6 or data[n - 6] != _READY or data[n - 5:n - 1] != b"\x00\x00\x00\x05":
+        return None
+    pos = 0
+    last = n - 6
+    while pos < last:
+        kind = data[pos]
+        if kind == _ERROR or kind == _PARSE_COMPLETE or kind == _READY:
+            return None
+        length = _unpack_int32(data, pos + 1)[0]
+        if length < 4:
+            return None
+        pos += 1 + length
+    return chr(data[n - 1]) if pos == last else None

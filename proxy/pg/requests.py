@@ -35,9 +35,9 @@ class Request:
         self.needs_open_portal = False  # executes a portal bound by an earlier request
 
 
-def simple_query(event: m.Query, classifier) -> Request:
-    cls = classifier.classify(event.sql)
-    req = Request(event.raw, [event], True, False)
+def simple_query(raw: bytes, sql: str, classifier) -> Request:
+    cls = classifier.classify(sql)
+    req = Request(raw, (), True, False)
     req.replica_ok = cls.replica_ok
     req.reason = cls.reason
     req.route = cls.route_id

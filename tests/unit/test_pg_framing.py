@@ -211,3 +211,17 @@ def test_newer_protocol_minor_is_negotiated_down_to_3_0():
     reply, outcome = ClientStartup(AuthConfig("trust", {}), False).receive(startup)
     assert reply.startswith(m.negotiate_protocol_version(0, ["_pq_.x"]))
     assert "_pq_.x" not in outcome.params
+
+
+@pytest.mark.parametrize("data, expected", [
+    (msg(b"T", b"\0\0") + msg(b"D", b"\0\0") + msg(b"C", b"SELECT 1\0") + m.ready_for_query("I"), "I"),
+    (m.ready_for_query("T"), "T"),
+    (msg(b"1", b"") + m.ready_for_query("I"), None),                       # ParseComplete: track it
+    (m.error_response("42P01", "x") + m.ready_for_query("E"), None),        # an error: count it
+    (msg(b"D", b"\0\0") + m.ready_for_query("I")[:-1], None),               # truncated
+    (msg(b"D", b"xxZ\x00\x00\x00\x05I"), None),                             # Z inside a row, not a message
+    (msg(b"D", b"\0\0")[:-1] + m.ready_for_query("I"), None),               # boundaries do not line up
+])
+def test_ends_with_ready(data, expected):
+    from clidash.proxy.pg.framing import ends_with_ready
+    assert ends_with_ready(data) == expected
