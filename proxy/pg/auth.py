@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 from scramp.utils import ScramException, saslprep
 
+from .messages import message
+
 # Authentication request codes (the int32 after the 'R' type byte).
 AUTH_OK = 0
 AUTH_CLEARTEXT_PASSWORD = 3
@@ -53,12 +55,8 @@ _MOCK_SECRET = os.urandom(32)  # per process, like PostgreSQL's mock_auth_nonce
 # Encoders
 
 
-def _message(type_byte: bytes, body: bytes) -> bytes:
-    return type_byte + _INT32.pack(len(body) + 4) + body
-
-
 def _auth_request(code: int, payload: bytes = b"") -> bytes:
-    return _message(b"R", _INT32.pack(code) + payload)
+    return message(b"R", _INT32.pack(code) + payload)
 
 
 def authentication_ok() -> bytes:
@@ -91,16 +89,16 @@ def password_message(password: str | bytes) -> bytes:
     raw = password.encode("utf-8") if isinstance(password, str) else password
     if b"\0" in raw:
         raise ValueError("password must not contain NUL")
-    return _message(b"p", raw + b"\0")
+    return message(b"p", raw + b"\0")
 
 
 def sasl_initial_response(mechanism: str, data: bytes | None) -> bytes:
     length = _INT32.pack(-1) if data is None else _INT32.pack(len(data)) + data
-    return _message(b"p", mechanism.encode("ascii") + b"\0" + length)
+    return message(b"p", mechanism.encode("ascii") + b"\0" + length)
 
 
 def sasl_response(data: bytes) -> bytes:
-    return _message(b"p", data)
+    return message(b"p", data)
 
 
 # --------------------------------------------------------------------------
