@@ -30,6 +30,7 @@ class ReplicaView:
     healthy: bool = True
     lag_ms: float | None = None       # None: not measured yet
     replay_position: int | None = None  # e.g. a PostgreSQL replay LSN as an integer
+    lag_bytes: int | None = None      # WAL the replica has yet to replay; None: unknown
     inflight: int = 0                 # requests this proxy has running on it now
 
 
