@@ -11,7 +11,9 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from time import perf_counter
+from time import monotonic, perf_counter
+
+from clidash.policy import Mode
 
 from clidash.proxy.routing import FALLBACK_REASONS, PRIMARY, SessionView, route
 
@@ -26,6 +28,8 @@ from .startup import Authenticated, CancelRequested, ClientStartup, Rejected
 log = logging.getLogger("clidash.proxy.pg")
 
 _MAX_QUEUED_REQUESTS = 256
+# Requests whose effect we cannot see: treated as writes for read-your-writes.
+_MAY_WRITE = frozenset({"unparseable", "unknown_statement", "function_call", "classifier_error"})
 _STARTUP, _CONNECTING, _READY, _CLOSED = range(4)
 
 
@@ -71,6 +75,11 @@ class ClientSession(asyncio.Protocol):
         self.key = (0, b"")
         self._view = SessionView()
         self._reading_paused = False
+        # Read-your-writes: when this session's last write committed (monotonic,
+        # at its ReadyForQuery 'I'), and the WAL token resolved from it.
+        self.commit_time: float | None = None
+        self.ryw_token: int | None = None
+        self.txn_wrote = False
 
     # ------------------------------------------------------------ transport
 
@@ -305,9 +314,26 @@ class ClientSession(asyncio.Protocol):
             reason = "read_only_transaction" if replica_ok else "transaction"
         elif req.tx is TxEffect.BEGIN_READ_ONLY:
             replica_ok, reason = True, "read_only_transaction"
-        target, reason = route(replica_ok, reason, self._view, self.proxy.policy, self.proxy.replicas,
+        policy = self.proxy.policy_for(self.service, req.route)
+        if self.commit_time is not None and replica_ok and policy.mode is Mode.READ_YOUR_WRITES \
+                and self.txn_target is None:
+            if not self.resolve_ryw_token():
+                return PRIMARY, "ryw", replica_ok
+        target, reason = route(replica_ok, reason, self._view, policy, self.proxy.replicas,
                                self.proxy.config.hard_lag_cap_ms)
         return target, reason, replica_ok
+
+    def resolve_ryw_token(self) -> bool:
+        """Turn the last commit time into a WAL position (the first primary sample
+        taken after it). False while no such sample exists yet."""
+        lag = self.proxy.lag
+        token = lag.token_after(self.commit_time) if lag is not None else None
+        if token is None:
+            return False
+        self.commit_time = None
+        self.ryw_token = token
+        self._view = SessionView(self.txn_target, self.state.pinned_to_primary, token)
+        return True
 
     def dispatch(self, req) -> bool:
         """Send req to its backend. False when it has to wait (backend connecting)."""
@@ -463,16 +489,22 @@ class ClientSession(asyncio.Protocol):
         was_in_transaction = self.txn_target is not None
         if not entry.failed and req.executed and req.operation != "read":
             self.apply_session_effects(req, backend, status != "I")
+        wrote = target == PRIMARY and (req.operation == "write" or req.reason in _MAY_WRITE)
         if status == "I":
             if was_in_transaction:
                 committed = not entry.failed and req.tx is not TxEffect.ROLLBACK
                 state.transaction_ended(committed, backend.session)
+            if wrote or self.txn_wrote:
+                # Taken only now: an extended-protocol autocommit write commits at Sync.
+                self.commit_time = monotonic()
+                self.txn_wrote = False
             new_target = None
         else:
+            self.txn_wrote = self.txn_wrote or wrote
             new_target = target
         if new_target != self.txn_target or state.pinned_to_primary != self._view.pinned_to_primary:
             self.txn_target = new_target
-            self._view = SessionView(new_target, state.pinned_to_primary)
+            self._view = SessionView(new_target, state.pinned_to_primary, self.ryw_token)
 
     def apply_session_effects(self, req, backend, in_transaction: bool):
         state = self.state

@@ -7,6 +7,7 @@ import logging
 import secrets
 
 from clidash.config import ProxyConfig
+from clidash.policy import ModeSpec
 from clidash.proxy.dsn import parse_dsn
 from clidash.proxy.replicas import ReplicaMonitor
 from clidash.proxy.routing import PRIMARY, ReplicaView
@@ -16,6 +17,7 @@ from .auth import Credentials
 from .backend import send_cancel
 from .classify import Classifier
 from .client import ClientSession
+from .lag import PgLagMonitor
 from .startup import AuthConfig
 
 log = logging.getLogger("clidash.proxy.pg")
@@ -36,6 +38,8 @@ class PgProxy:
                                {u: Credentials.from_password(u, pw) for u, pw in users.items()},
                                config.auth_trust_loopback)
         self.monitor = ReplicaMonitor(self.replicas, self._probe_replica, config.health_interval_s)
+        # Lag in ms/bytes and read-your-writes tokens; without replicas there is nothing to measure.
+        self.lag = PgLagMonitor(self.primary, self.replica_addresses, self.replicas) if self.replicas else None
         self.clients: set[ClientSession] = set()
         self._sessions_by_key: dict[int, ClientSession] = {}
         self._probe_connections: dict[int, object] = {}
@@ -49,6 +53,7 @@ class PgProxy:
             reuse_address=True, backlog=1024)
         if self.replicas:
             self._tasks.append(loop.create_task(self.monitor.run()))
+            await self.lag.start()
 
     @property
     def sockets(self):
@@ -70,6 +75,12 @@ class PgProxy:
             client.close()
         for conn in self._probe_connections.values():
             conn.terminate()
+        if self.lag is not None:
+            await self.lag.close()
+
+    def policy_for(self, service: str, route: str) -> ModeSpec:
+        """The consistency mode for a route (the --mode flag until the policy plane is wired)."""
+        return self.policy
 
     # -- used by client sessions ------------------------------------------
 

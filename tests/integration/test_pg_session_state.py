@@ -9,7 +9,7 @@ import pytest
 
 from clidash.config import build_proxy_config
 from clidash.proxy.pg.server import PgProxy
-from conftest import free_port
+from pgcluster import free_port
 
 WHERE = "SELECT pg_is_in_recovery()"
 
