@@ -25,9 +25,10 @@ test-unit: install
 demo: install
 	$(PY) deploy/local/demo.py
 
-## make bench: pgbench through CLIDash vs direct, PgBouncer and a byte pipe
+## make bench: pgbench through CLIDash vs direct, PgBouncer and a byte pipe; then each mode
 bench: install
 	$(PY) bench/pgbench_compare.py
+	$(PY) bench/modes.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
