@@ -126,3 +126,32 @@ def proxy_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ca
     yield start
     for proxy in started:
         proxy.stop()
+
+
+# --------------------------------------------------------------------------- Redis (policy plane)
+
+import redisserver  # noqa: E402  (deploy/local is on sys.path, see above)
+from redisserver import RedisServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One Redis for the whole session (CLIDASH_TEST_REDIS_URL, testcontainers or local redis-server)."""
+    server = redisserver.acquire_redis()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session Redis, emptied (FLUSHALL) before each test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_server.url
