@@ -57,16 +57,21 @@ def main():
 @click.option("--writing-function", "writing_functions", metavar="NAME", multiple=True,
               help="A function with side effects: statements calling it go to the primary.")
 @click.option("--health-interval", type=float, default=1.0, show_default=True, help="Replica probe interval (s).")
+@click.option("--redis", "redis_url", metavar="URL",
+              help="Redis holding the per-route policy (clidash:policy:<service>); without it, --mode everywhere.")
+@click.option("--policy-ttl", type=float, default=60.0, show_default=True,
+              help="Seconds to keep the last policy while Redis is unreachable, then --mode.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def proxy(protocol, listen, primary, replicas, service, mode, auth_method, auth_trust_loopback, users,
-          writing_functions, health_interval, log_level):
+          writing_functions, health_interval, redis_url, policy_ttl, log_level):
     """Run the sidecar proxy."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = build_proxy_config(protocol, listen, primary, replicas, service, mode, auth_method,
-                                    auth_trust_loopback, users, writing_functions, health_interval)
+                                    auth_trust_loopback, users, writing_functions, health_interval,
+                                    redis_url=redis_url, policy_ttl_s=policy_ttl)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     from clidash.proxy.dsn import DsnError

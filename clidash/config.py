@@ -36,6 +36,8 @@ class ProxyConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     health_interval_s: float = 1.0
     hard_lag_cap_ms: float = 30_000.0
+    redis_url: str | None = None                       # the policy plane; None: --mode for every route
+    policy_ttl_s: float = 60.0                         # keep the last policy this long when Redis is gone
 
 
 def parse_host_port(text: str, setting: str) -> tuple[str, int]:
@@ -64,7 +66,8 @@ def parse_users(items) -> dict:
 def build_proxy_config(protocol: str, listen: str | None, primary: str | None, replicas, service: str,
                        mode: str, auth_method: str = "scram-sha-256", auth_trust_loopback: bool = False,
                        users=(), writing_functions=(), health_interval_s: float = 1.0,
-                       hard_lag_cap_ms: float = 30_000.0, max_message_bytes: int = 64 * 1024 * 1024) -> ProxyConfig:
+                       hard_lag_cap_ms: float = 30_000.0, max_message_bytes: int = 64 * 1024 * 1024,
+                       redis_url: str | None = None, policy_ttl_s: float = 60.0) -> ProxyConfig:
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if not primary:
@@ -78,6 +81,10 @@ def build_proxy_config(protocol: str, listen: str | None, primary: str | None, r
         raise ConfigError(f"auth_method: expected one of {', '.join(AUTH_METHODS)}, got {auth_method!r}")
     if health_interval_s <= 0:
         raise ConfigError("health_interval: must be > 0 seconds")
+    if policy_ttl_s < 0:
+        raise ConfigError("policy_ttl: must be >= 0 seconds")
+    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"redis: expected a redis://, rediss:// or unix:// URL, got {redis_url!r}")
     if max_message_bytes < 1024:
         raise ConfigError("max_message_bytes: must be at least 1024")
     return ProxyConfig(
@@ -86,6 +93,7 @@ def build_proxy_config(protocol: str, listen: str | None, primary: str | None, r
         auth_trust_loopback=auth_trust_loopback, users=parse_users(users),
         writing_functions=tuple(writing_functions or ()), health_interval_s=health_interval_s,
         hard_lag_cap_ms=hard_lag_cap_ms, max_message_bytes=max_message_bytes,
+        redis_url=redis_url or None, policy_ttl_s=policy_ttl_s,
     )
 
 

@@ -44,6 +44,7 @@ class StatementStats:
         self.routes_overflowed: Counter = Counter()   # service -> distinct routes folded into __other__
         self.fallbacks: Counter = Counter()           # (service, reason)
         self.errors: Counter = Counter()              # kind -> count (proxy-level errors)
+        self.hints_ignored: Counter = Counter()       # service -> hints weaker than the policy
 
     def record(self, service: str, route: str, operation: str, role: str, reason: str,
                seconds: float, failed: bool) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 from collections import deque
 from time import monotonic, perf_counter
 
-from clidash.policy import Mode
+from clidash.policy import Mode, is_weaker
 
 from clidash.proxy.routing import FALLBACK_REASONS, PRIMARY, SessionView, route
 
@@ -80,6 +81,8 @@ class ClientSession(asyncio.Protocol):
         self.commit_time: float | None = None
         self.ryw_token: int | None = None
         self.txn_wrote = False
+        # SET clidash.consistency / startup options: a stronger mode for this session.
+        self.session_hint = None
 
     # ------------------------------------------------------------ transport
 
@@ -189,6 +192,7 @@ class ClientSession(asyncio.Protocol):
         params["database"] = auth.database or primary.dbname or auth.user
         self.startup_params = params
         self.service = params.get("application_name") or self.proxy.config.service
+        self.session_hint = session_hint_from_options(params.get("options", ""))
         backend = BackendConnection(primary, PRIMARY)
         try:
             await backend.connect(params)
@@ -314,7 +318,16 @@ class ClientSession(asyncio.Protocol):
             reason = "read_only_transaction" if replica_ok else "transaction"
         elif req.tx is TxEffect.BEGIN_READ_ONLY:
             replica_ok, reason = True, "read_only_transaction"
-        policy = self.proxy.policy_for(self.service, req.route)
+        service = req.service or self.service
+        policy = self.proxy.policy_for(service, req.route)
+        hint = req.hint or self.session_hint
+        if hint is not None and hint != policy:
+            if is_weaker(policy, hint):
+                policy = hint
+            elif is_weaker(hint, policy):
+                self.proxy.stats.hints_ignored[service] += 1   # a hint may only strengthen
+        if req.bad_hint:
+            self.proxy.stats.record_error("bad_consistency_hint")
         if self.commit_time is not None and replica_ok and policy.mode is Mode.READ_YOUR_WRITES \
                 and self.txn_target is None:
             if not self.resolve_ryw_token():
@@ -477,7 +490,7 @@ class ClientSession(asyncio.Protocol):
         backend = entry.backend
         target = backend.target
         proxy = self.proxy
-        proxy.stats.record(self.service, req.route, req.operation,
+        proxy.stats.record(req.service or self.service, req.route, req.operation,
                            "primary" if target == PRIMARY else "replica",
                            entry.reason, perf_counter() - entry.started, entry.failed)
         if target != PRIMARY:
@@ -513,9 +526,12 @@ class ClientSession(asyncio.Protocol):
                 continue
             if cls.session_replay:
                 state.state_changed(cls.session_replay, False, backend.session, in_transaction)
+                if "clidash.consistency" in cls.session_replay.lower() or "reset all" in cls.session_replay.lower():
+                    self.session_hint = session_hint_from(cls.session_replay, self.session_hint)
             if cls.discard_all:
                 state.state_changed("DISCARD ALL", True, backend.session, in_transaction)
                 state.discarded_all()
+                self.session_hint = None
             if cls.deallocate == "*":
                 state.state_changed("DEALLOCATE ALL", True, backend.session, in_transaction)
             elif cls.deallocate:
@@ -576,3 +592,26 @@ class ClientSession(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self.phase = _CLOSED
+
+
+_HINT_SETTING = re.compile(r"clidash\.consistency\s*(?:=|\bto\b)\s*'?([A-Za-z_]+(?::[0-9.]+)?)'?", re.I)
+_HINT_RESET = re.compile(r"\breset\s+(?:all|clidash\.consistency)\b", re.I)
+
+
+def session_hint_from(sql: str, current):
+    """The session hint after `sql` (SET/RESET clidash.consistency, RESET ALL) ran."""
+    hint = current
+    for statement in sql.split(";"):
+        if _HINT_RESET.search(statement):
+            hint = None
+            continue
+        match = _HINT_SETTING.search(statement)
+        if match:
+            hint = requests.parse_mode_hint(match.group(1))
+    return hint
+
+
+def session_hint_from_options(options: str):
+    """`options=-c clidash.consistency=STRONG` (or --clidash.consistency=...) at startup."""
+    match = re.search(r"clidash\.consistency=([A-Za-z_]+(?::[0-9.]+)?)", options or "")
+    return requests.parse_mode_hint(match.group(1)) if match else None

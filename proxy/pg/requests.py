@@ -7,8 +7,13 @@ and records what routing and session tracking need.
 """
 from __future__ import annotations
 
+from clidash import sqlcomment
+from clidash.policy import ModeSpec, PolicyError
+
 from . import messages as m
 from .classify import TxEffect
+
+MAX_TAG_LENGTH = 128
 
 _EXTENDED = (m.Parse, m.Bind, m.Describe, m.Execute, m.Close)
 
@@ -16,7 +21,7 @@ _EXTENDED = (m.Parse, m.Bind, m.Describe, m.Execute, m.Close)
 class Request:
     __slots__ = ("raw", "messages", "replica_ok", "reason", "route", "operation", "tx",
                  "executed", "referenced", "complete", "continues", "simple_begin",
-                 "defines_statements", "needs_open_portal")
+                 "defines_statements", "needs_open_portal", "service", "hint", "bad_hint")
 
     def __init__(self, raw: bytes, messages: list, complete: bool, continues: bool):
         self.raw = raw
@@ -33,6 +38,9 @@ class Request:
         self.simple_begin = False       # a lone simple-query BEGIN the proxy may defer
         self.defines_statements = False # has Parse or Close of a statement: session tracking needed
         self.needs_open_portal = False  # executes a portal bound by an earlier request
+        self.service = None             # from the statement's tags; None: the session's
+        self.hint = None                # clidash_consistency tag: a stronger mode wanted
+        self.bad_hint = False           # the tag was there but not a mode
 
 
 def simple_query(raw: bytes, sql: str, classifier) -> Request:
@@ -45,6 +53,8 @@ def simple_query(raw: bytes, sql: str, classifier) -> Request:
     req.tx = cls.tx
     req.executed = (cls,)
     req.simple_begin = cls.tx is TxEffect.BEGIN and cls.statement_count == 1
+    if "*/" in sql:
+        apply_tags(req, sql)
     return req
 
 
@@ -60,36 +70,38 @@ def extended(messages: list, complete: bool, continues: bool, statements: dict, 
     to PreparedStatement (for Binds of statements parsed earlier)."""
     raw = messages[0].raw if len(messages) == 1 else b"".join(msg.raw for msg in messages)
     req = Request(raw, messages, complete, continues)
-    parsed = {}       # name -> classification, parsed in this batch
-    bound = {}        # portal -> classification
+    parsed = {}       # name -> (classification, text), parsed in this batch
+    bound = {}        # portal -> (classification, text)
     executed = []
     referenced = None
     everything = []
+    unknown = (None, "")
     for msg in messages:
         kind = type(msg)
         if kind is m.Bind or (kind is m.Describe and msg.kind == "S"):
             name = msg.statement if kind is m.Bind else msg.name
-            cls = parsed.get(name)
-            if cls is None:
+            entry = parsed.get(name)
+            if entry is None:
                 ps = statements.get(name)
-                cls = ps.classification if ps is not None else None
+                entry = (ps.classification, ps.sql) if ps is not None else unknown
                 if referenced is None:
                     referenced = []
                 referenced.append(name)
             if kind is m.Bind:
-                bound[msg.portal] = cls
-            everything.append(cls)
+                bound[msg.portal] = entry
+            everything.append(entry)
         elif kind is m.Parse:
-            cls = parsed[msg.statement] = classifier.classify(msg.sql)
-            everything.append(cls)
+            entry = parsed[msg.statement] = (classifier.classify(msg.sql), msg.sql)
+            everything.append(entry)
             req.defines_statements = True
         elif kind is m.Execute:
             if msg.portal not in bound:
                 req.needs_open_portal = True
-            executed.append(bound.get(msg.portal))
+            executed.append(bound.get(msg.portal, unknown))
         elif kind is m.Close and msg.kind == "S":
             req.defines_statements = True
-    considered = executed or everything
+    considered = [cls for cls, _text in (executed or everything)]
+    first_text = (executed or everything)[0][1] if considered else ""
     req.referenced = referenced
     if not considered:
         # Only Sync/Close/Describe-portal: harmless anywhere, but keep it on the primary.
@@ -104,7 +116,9 @@ def extended(messages: list, complete: bool, continues: bool, statements: dict, 
         return req
     req.route = first.route_id
     req.tx = first.tx
-    req.executed = tuple(executed)
+    req.executed = tuple(cls for cls, _text in executed)
+    if "*/" in first_text:
+        apply_tags(req, first_text)
     if all(c.replica_ok for c in considered):
         req.replica_ok = True
         req.reason = first.reason
@@ -150,4 +164,39 @@ def prepared_execution(data: bytes, statements: dict):
     req.tx = cls.tx
     req.executed = (cls,)
     req.referenced = [ps.name]
+    if "*/" in ps.sql:
+        apply_tags(req, ps.sql)
     return req
+
+
+_hint_cache: dict[str, ModeSpec | None] = {}
+
+
+def parse_mode_hint(text: str) -> ModeSpec | None:
+    """A consistency hint's mode, None when it is not one (cached: hints repeat)."""
+    spec = _hint_cache.get(text, False)
+    if spec is False:
+        try:
+            spec = ModeSpec.parse(text)
+        except PolicyError:
+            spec = None
+        if len(_hint_cache) < 1024:
+            _hint_cache[text] = spec
+    return spec
+
+
+def apply_tags(req: Request, sql: str) -> None:
+    """sqlcommenter tags override the route and service and may carry a hint."""
+    tags = sqlcomment.extract(sql)
+    if not tags:
+        return
+    route = tags.get(sqlcomment.ROUTE_KEY)
+    if route and len(route) <= MAX_TAG_LENGTH:
+        req.route = route
+    service = tags.get(sqlcomment.SERVICE_KEY)
+    if service and len(service) <= MAX_TAG_LENGTH:
+        req.service = service
+    hint = tags.get(sqlcomment.CONSISTENCY_KEY)
+    if hint:
+        req.hint = parse_mode_hint(hint)
+        req.bad_hint = req.hint is None

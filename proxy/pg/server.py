@@ -4,11 +4,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import secrets
 
 from clidash.config import ProxyConfig
 from clidash.policy import ModeSpec
 from clidash.proxy.dsn import parse_dsn
+from clidash.proxy.policy_watcher import PolicyWatcher
 from clidash.proxy.replicas import ReplicaMonitor
 from clidash.proxy.routing import PRIMARY, ReplicaView
 from clidash.proxy.stats import StatementStats
@@ -21,6 +23,8 @@ from .lag import PgLagMonitor
 from .startup import AuthConfig
 
 log = logging.getLogger("clidash.proxy.pg")
+
+MAX_WATCHED_SERVICES = 64
 
 
 class PgProxy:
@@ -44,6 +48,7 @@ class PgProxy:
         self._sessions_by_key: dict[int, ClientSession] = {}
         self._probe_connections: dict[int, object] = {}
         self._server: asyncio.AbstractServer | None = None
+        self.watchers: dict[str, PolicyWatcher] = {}
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -51,6 +56,8 @@ class PgProxy:
         self._server = await loop.create_server(
             lambda: ClientSession(self), self.config.listen_host, self.config.listen_port,
             reuse_address=True, backlog=1024)
+        if self.config.redis_url is not None:
+            await self._watch(self.config.service).start()
         if self.replicas:
             self._tasks.append(loop.create_task(self.monitor.run()))
             await self.lag.start()
@@ -77,10 +84,30 @@ class PgProxy:
             conn.terminate()
         if self.lag is not None:
             await self.lag.close()
+        for watcher in self.watchers.values():
+            await watcher.close()
 
     def policy_for(self, service: str, route: str) -> ModeSpec:
-        """The consistency mode for a route (the --mode flag until the policy plane is wired)."""
-        return self.policy
+        """The consistency mode for a service's route: from Redis when configured
+        (floors applied, fail-static), else the --mode flag."""
+        watcher = self.watchers.get(service)
+        if watcher is None:
+            if self.config.redis_url is None:
+                return self.policy
+            watcher = self._watch(service)
+            if watcher.service == service:
+                asyncio.get_running_loop().create_task(watcher.start())
+        return watcher.mode_for(route)
+
+    def _watch(self, service: str):
+        if len(self.watchers) >= MAX_WATCHED_SERVICES:
+            # Untrusted application names must not open unbounded Redis work.
+            return self.watchers[self.config.service]
+        watcher = PolicyWatcher(self.config.redis_url, service, self.policy,
+                                f"{service}@{self.config.listen_host}:{self.config.listen_port}/{os.getpid()}",
+                                fail_static_ttl_s=self.config.policy_ttl_s)
+        self.watchers[service] = watcher
+        return watcher
 
     # -- used by client sessions ------------------------------------------
 
