@@ -120,8 +120,53 @@ def _starts_shape_keyed(sql: str) -> bool:
     return head.startswith(_SHAPE_KEYED_FIRST_WORDS)
 
 
+# Texts holding none of these characters and words (and only plain ASCII) have no
+# strings, comments, quoted identifiers, parameters, array bounds or escapes:
+# numbers are their only literals, so one substitution gives the same key as the
+# full scan below.
+_NOT_SIMPLE_CHAR = re.compile(r"""['"$/\-\[\\\x00]""")
+_NOT_SIMPLE_WORDS = ("float", "current_t", "localtime")
+# One alternative per leading digit, as in _TOKEN: lets the engine skip ahead.
+_SIMPLE_NUMBER = re.compile("|".join(rf"{d}\d*(?:\.\d+)?(?![A-Za-z0-9_$.])" for d in "0123456789"))
+_CONTINUES_TOKEN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_$.")
+
+
+def _simple_number(match: re.Match) -> str:
+    text = match.group()
+    start = match.start()
+    if start and match.string[start - 1] in _CONTINUES_TOKEN:
+        return text   # part of an identifier (t1) or after a dot: not a literal
+    if "." in text:
+        return _DECIMAL
+    return text if len(text) > _MAX_ICONST_DIGITS else _INTEGER
+
+
+def _simple_shape_key(sql: str) -> str | None:
+    """The shape key of a text with numbers as its only literals; None when the
+    text is not that simple (the full scan decides then)."""
+    if not sql.isascii() or _NOT_SIMPLE_CHAR.search(sql) is not None:
+        return None
+    lowered = sql.lower()
+    if any(word in lowered for word in _NOT_SIMPLE_WORDS):
+        return None
+    semicolon = sql.find(";")
+    if semicolon >= 0 and (sql[semicolon:].strip(_WHITESPACE + ";") or sql.count(";") > 1):
+        return None
+    if not lowered.lstrip(_WHITESPACE).startswith(_SHAPE_KEYED_FIRST_WORDS):
+        return None
+    key = _SIMPLE_NUMBER.sub(_simple_number, sql)
+    return key if len(key) <= MAX_INLINE_KEY else digest_key(key)
+
+
 def shape_key(sql: str) -> str | bytes | None:
     """Return the literal-normalised key of ``sql``, or None to key by exact text."""
+    simple = _simple_shape_key(sql)
+    if simple is not None:
+        return simple
+    return _full_shape_key(sql)
+
+
+def _full_shape_key(sql: str) -> str | bytes | None:
     if "\\" in sql or "\x00" in sql:
         return None
     if not sql.isascii():

@@ -546,3 +546,26 @@ def test_random_token_soup_with_one_key_classifies_alike():
         body = "".join(rng.choice(FUZZ_TOKENS) + rng.choice(("", " ", " ", "\n")) for _ in range(rng.randint(1, 6)))
         texts.append(rng.choice(("SELECT ", "select ", "WITH ", "VALUES ")) + body)
     assert assert_groups_classify_alike(texts) > 20
+
+
+def test_simple_shape_key_fast_path_agrees_with_the_full_scan():
+    """Texts whose only literals are numbers take a one-substitution fast path;
+    wherever it answers, it must give exactly the full scan's key."""
+    import random
+
+    from clidash.proxy.pg.sqlnormalize import _full_shape_key, _simple_shape_key
+
+    rng = random.Random(7)
+    pieces = ["SELECT", "select", " ", "  ", "\n", "a", "t1", "x_2", "1", "42", "007", "3.14", "1.5.3",
+              "1234567890", "12345678901", ".", ",", "(", ")", "=", "<", "+", "*", "1e5", "e", ";", "FROM",
+              "WHERE", "$", "[", "'", "-", "/", "float", "values", "WITH", "\t", "abc1.2"]
+    answered = 0
+    for _ in range(20000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        if rng.random() < 0.7:
+            text = "SELECT " + text
+        fast = _simple_shape_key(text)
+        if fast is not None:
+            answered += 1
+            assert fast == _full_shape_key(text), text
+    assert answered > 2000
