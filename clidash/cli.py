@@ -61,17 +61,19 @@ def main():
               help="Redis holding the per-route policy (clidash:policy:<service>); without it, --mode everywhere.")
 @click.option("--policy-ttl", type=float, default=60.0, show_default=True,
               help="Seconds to keep the last policy while Redis is unreachable, then --mode.")
+@click.option("--ryw-wait-ms", type=float, default=0.0, show_default=True,
+              help="READ_YOUR_WRITES: wait up to this long for a replica to catch up before using the primary.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def proxy(protocol, listen, primary, replicas, service, mode, auth_method, auth_trust_loopback, users,
-          writing_functions, health_interval, redis_url, policy_ttl, log_level):
+          writing_functions, health_interval, redis_url, policy_ttl, ryw_wait_ms, log_level):
     """Run the sidecar proxy."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = build_proxy_config(protocol, listen, primary, replicas, service, mode, auth_method,
                                     auth_trust_loopback, users, writing_functions, health_interval,
-                                    redis_url=redis_url, policy_ttl_s=policy_ttl)
+                                    redis_url=redis_url, policy_ttl_s=policy_ttl, ryw_wait_ms=ryw_wait_ms)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     from clidash.proxy.dsn import DsnError

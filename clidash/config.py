@@ -38,6 +38,7 @@ class ProxyConfig:
     hard_lag_cap_ms: float = 30_000.0
     redis_url: str | None = None                       # the policy plane; None: --mode for every route
     policy_ttl_s: float = 60.0                         # keep the last policy this long when Redis is gone
+    ryw_wait_ms: float = 0.0                           # hold a READ_YOUR_WRITES read this long for a replica
 
 
 def parse_host_port(text: str, setting: str) -> tuple[str, int]:
@@ -67,7 +68,8 @@ def build_proxy_config(protocol: str, listen: str | None, primary: str | None, r
                        mode: str, auth_method: str = "scram-sha-256", auth_trust_loopback: bool = False,
                        users=(), writing_functions=(), health_interval_s: float = 1.0,
                        hard_lag_cap_ms: float = 30_000.0, max_message_bytes: int = 64 * 1024 * 1024,
-                       redis_url: str | None = None, policy_ttl_s: float = 60.0) -> ProxyConfig:
+                       redis_url: str | None = None, policy_ttl_s: float = 60.0,
+                       ryw_wait_ms: float = 0.0) -> ProxyConfig:
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if not primary:
@@ -81,6 +83,8 @@ def build_proxy_config(protocol: str, listen: str | None, primary: str | None, r
         raise ConfigError(f"auth_method: expected one of {', '.join(AUTH_METHODS)}, got {auth_method!r}")
     if health_interval_s <= 0:
         raise ConfigError("health_interval: must be > 0 seconds")
+    if not 0 <= ryw_wait_ms <= 10_000:
+        raise ConfigError("ryw_wait_ms: must be between 0 and 10000")
     if policy_ttl_s < 0:
         raise ConfigError("policy_ttl: must be >= 0 seconds")
     if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
@@ -93,7 +97,7 @@ def build_proxy_config(protocol: str, listen: str | None, primary: str | None, r
         auth_trust_loopback=auth_trust_loopback, users=parse_users(users),
         writing_functions=tuple(writing_functions or ()), health_interval_s=health_interval_s,
         hard_lag_cap_ms=hard_lag_cap_ms, max_message_bytes=max_message_bytes,
-        redis_url=redis_url or None, policy_ttl_s=policy_ttl_s,
+        redis_url=redis_url or None, policy_ttl_s=policy_ttl_s, ryw_wait_ms=ryw_wait_ms,
     )
 
 

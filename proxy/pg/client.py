@@ -81,6 +81,8 @@ class ClientSession(asyncio.Protocol):
         self.commit_time: float | None = None
         self.ryw_token: int | None = None
         self.txn_wrote = False
+        self.ryw_deadline: float | None = None
+        self.retry_scheduled = False
         # SET clidash.consistency / startup options: a stronger mode for this session.
         self.session_hint = None
 
@@ -331,10 +333,33 @@ class ClientSession(asyncio.Protocol):
         if self.commit_time is not None and replica_ok and policy.mode is Mode.READ_YOUR_WRITES \
                 and self.txn_target is None:
             if not self.resolve_ryw_token():
-                return PRIMARY, "ryw", replica_ok
+                return (None if self.ryw_should_wait() else PRIMARY), "ryw", replica_ok
         target, reason = route(replica_ok, reason, self._view, policy, self.proxy.replicas,
                                self.proxy.config.hard_lag_cap_ms)
+        if reason == "ryw" and self.ryw_should_wait():
+            return None, reason, replica_ok
         return target, reason, replica_ok
+
+    def ryw_should_wait(self) -> bool:
+        """--ryw-wait-ms: hold a read-your-writes read briefly for a replica to
+        catch up instead of sending it to the primary at once."""
+        wait_s = self.proxy.config.ryw_wait_ms / 1000
+        if not wait_s:
+            return False
+        now = monotonic()
+        if self.ryw_deadline is None:
+            self.ryw_deadline = now + wait_s
+        if now >= self.ryw_deadline:
+            return False
+        if not self.retry_scheduled:
+            self.retry_scheduled = True
+            asyncio.get_running_loop().call_later(0.001, self.retry_pump)
+        return True
+
+    def retry_pump(self):
+        self.retry_scheduled = False
+        if self.phase is _READY:
+            self.pump()
 
     def resolve_ryw_token(self) -> bool:
         """Turn the last commit time into a WAL position (the first primary sample
@@ -365,6 +390,8 @@ class ClientSession(asyncio.Protocol):
             self.transport.write(m.command_complete("BEGIN") + m.ready_for_query("T"))
             return True
         target, reason, replica_ok = self.choose_target(req)
+        if target is None:
+            return False   # waiting for a replica to reach this session's last write
         backend = self.backends.get(target)
         if backend is None:
             self.connect_backend(target)
@@ -510,6 +537,7 @@ class ClientSession(asyncio.Protocol):
             if wrote or self.txn_wrote:
                 # Taken only now: an extended-protocol autocommit write commits at Sync.
                 self.commit_time = monotonic()
+                self.ryw_deadline = None
                 self.txn_wrote = False
             new_target = None
         else:

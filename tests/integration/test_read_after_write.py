@@ -12,10 +12,10 @@ from read_after_write import run_check
 LAG_READING_SLACK_MS = 40
 
 
-async def check(pg_cluster, mode: str):
+async def check(pg_cluster, mode: str, **options):
     port = free_port()
     config = build_proxy_config("postgresql", f"127.0.0.1:{port}", pg_cluster.primary.dsn,
-                                [r.dsn for r in pg_cluster.replicas], "raw-check", mode)
+                                [r.dsn for r in pg_cluster.replicas], "raw-check", mode, **options)
     proxy = PgProxy(config)
     await proxy.start()
     p = pg_cluster.primary
@@ -39,6 +39,15 @@ async def test_read_your_writes_never_reads_its_own_writes_stale(pg_cluster):
     assert result.reads > 100
     assert result.stale_reads == 0
     assert result.replica_reads > 0      # outside the pause, reads after a caught-up write use the replica
+
+
+async def test_read_your_writes_waiting_briefly_moves_reads_to_the_replica(pg_cluster):
+    plain = await check(pg_cluster, "READ_YOUR_WRITES")
+    waiting = await check(pg_cluster, "READ_YOUR_WRITES", ryw_wait_ms=20)
+    print(f"RYW replica share: {plain.replica_share:.2f} without waiting, "
+          f"{waiting.replica_share:.2f} waiting up to 20 ms")
+    assert waiting.stale_reads == 0
+    assert waiting.replica_share > plain.replica_share
 
 
 async def test_bounded_reads_no_replica_beyond_its_bound(pg_cluster):
