@@ -6,116 +6,30 @@ Which server ran a statement is read from the servers themselves: `pg_is_in_reco
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import psycopg
 import pytest
+from proxyproc import LOG_TAIL_CHARS, ProxyProcess, launch_proxy
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 15.0
 REPLICA_TIMEOUT_S = 10.0
-LOG_TAIL_CHARS = 4000
 
 
 # --------------------------------------------------------------------------- proxies
 
 
-class SharedProxy:
-    """A proxy subprocess that lives for the whole e2e session (starting one per test is too slow)."""
-
-    def __init__(self, cluster: Any, mode: str, log_dir: Path, extra_args: tuple[str, ...] = ()):
-        self.cluster = cluster
-        self.mode = mode
-        self.host = "127.0.0.1"
-        self.port = _free_port()
-        self.log_path = log_dir / f"proxy-{mode.lower()}-{self.port}.log"
-        cmd = [sys.executable, "-m", "clidash", "proxy", "--protocol", "postgresql",
-               "--listen", f"{self.host}:{self.port}", "--primary", cluster.primary.dsn]
-        for replica in cluster.replicas:
-            cmd += ["--replica", replica.dsn]
-        cmd += ["--service", "e2e", "--mode", mode, *extra_args]
-        self._log = open(self.log_path, "wb")
-        self._log.write(("$ " + " ".join(cmd) + "\n").encode())
-        self._log.flush()
-        self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self._wait_listening()
-
-    def _wait_listening(self) -> None:
-        import socket
-
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"proxy ({self.mode}) exited with {self.process.returncode} before listening; "
-                                   f"log tail:\n{self.log_text()[-LOG_TAIL_CHARS:]}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"proxy ({self.mode}) did not listen within {START_TIMEOUT_S}s; "
-                           f"log tail:\n{self.log_text()[-LOG_TAIL_CHARS:]}")
-
-    def dsn(self, user: str | None = None, password: str | None = None, dbname: str | None = None) -> str:
-        return proxy_dsn(self, user, password, dbname)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        if not self._log.closed:
-            self._log.close()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def proxy_dsn(proxy: Any, user: str | None = None, password: str | None = None, dbname: str | None = None) -> str:
-    from urllib.parse import quote
-
-    primary = proxy.cluster.primary
-    user = primary.user if user is None else user
-    password = primary.password if password is None else password
-    dbname = primary.dbname if dbname is None else dbname
-    auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
-    return f"postgresql://{auth}@{proxy.host}:{proxy.port}/{quote(dbname, safe='')}"
-
-
 @pytest.fixture(scope="session")
-def _shared_proxies(pg_cluster, tmp_path_factory) -> Iterator[dict[str, SharedProxy]]:
-    proxies: dict[str, SharedProxy] = {}
+def _shared_proxies(pg_cluster, tmp_path_factory) -> Iterator[dict]:
+    """One proxy per mode for the whole e2e session (starting one per test is too slow)."""
+    proxies: dict[str, ProxyProcess] = {}
     log_dir = tmp_path_factory.mktemp("e2e-proxy-logs")
 
-    def get(mode: str) -> SharedProxy:
+    def get(mode: str) -> ProxyProcess:
         proxy = proxies.get(mode)
         if proxy is None or not proxy.alive():
-            proxy = proxies[mode] = SharedProxy(pg_cluster, mode, log_dir)
+            proxy = proxies[mode] = launch_proxy(pg_cluster, mode, log_dir=log_dir, service="e2e")
         return proxy
 
     holder = {"get": get}
@@ -124,7 +38,7 @@ def _shared_proxies(pg_cluster, tmp_path_factory) -> Iterator[dict[str, SharedPr
         proxy.stop()
 
 
-def _use_shared(request: pytest.FixtureRequest, shared: dict, mode: str) -> SharedProxy:
+def _use_shared(request: pytest.FixtureRequest, shared: dict, mode: str) -> ProxyProcess:
     proxy = shared["get"](mode)
     # Remember where this test's share of the log starts, for the failure report.
     request.node._e2e_proxies = getattr(request.node, "_e2e_proxies", []) + [(proxy, len(proxy.log_text()))]
@@ -132,7 +46,7 @@ def _use_shared(request: pytest.FixtureRequest, shared: dict, mode: str) -> Shar
 
 
 @pytest.fixture
-def eventual_proxy(request, _shared_proxies) -> Iterator[SharedProxy]:
+def eventual_proxy(request, _shared_proxies) -> Iterator[ProxyProcess]:
     """The session's EVENTUAL proxy; the test fails (with the log) if the proxy died during it."""
     proxy = _use_shared(request, _shared_proxies, "EVENTUAL")
     yield proxy
@@ -140,7 +54,7 @@ def eventual_proxy(request, _shared_proxies) -> Iterator[SharedProxy]:
 
 
 @pytest.fixture
-def strong_proxy(request, _shared_proxies) -> Iterator[SharedProxy]:
+def strong_proxy(request, _shared_proxies) -> Iterator[ProxyProcess]:
     proxy = _use_shared(request, _shared_proxies, "STRONG")
     yield proxy
     assert proxy.alive(), f"proxy exited with {proxy.process.returncode}; log tail:\n{proxy.log_text()[-LOG_TAIL_CHARS:]}"
