@@ -118,8 +118,7 @@ class PolicyWatcher:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=2 * CLOSE_TIMEOUT_S)
         self._cancel_expiry()
         await self._withdraw_report()
 
@@ -164,10 +163,10 @@ class PolicyWatcher:
                 await self._poll(client)
                 next_poll = time.monotonic() + self.poll_interval_s
         finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
-            with contextlib.suppress(Exception):
-                await client.aclose()
+            # Bounded: redis-py's aclose can wait forever on a connection whose
+            # read was cancelled mid-reply, and close() must always return.
+            await _bounded(pubsub.aclose())
+            await _bounded(client.aclose())
 
     async def _confirm_subscribed(self, pubsub) -> None:
         # Only once Redis confirms the subscription is it safe to read the hash.
@@ -304,9 +303,15 @@ class PolicyWatcher:
         client = aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=0.5, socket_timeout=0.5,
                                          retry=Retry(NoBackoff(), 0))
         try:
-            await client.hdel(PROXIES_KEY, self.proxy_id)
-        except Exception:  # noqa: BLE001 - closing must not fail because Redis is down
-            pass
+            await _bounded(client.hdel(PROXIES_KEY, self.proxy_id))
         finally:
-            with contextlib.suppress(Exception):
-                await client.aclose()
+            await _bounded(client.aclose())
+
+
+CLOSE_TIMEOUT_S = 1.0
+
+
+async def _bounded(awaitable) -> None:
+    """Await a best-effort cleanup step for at most CLOSE_TIMEOUT_S, swallowing errors."""
+    with contextlib.suppress(Exception, asyncio.TimeoutError):
+        await asyncio.wait_for(awaitable, CLOSE_TIMEOUT_S)
