@@ -25,10 +25,12 @@ test-unit: install
 demo: install
 	$(PY) deploy/local/demo.py
 
-## make bench: pgbench through CLIDash vs direct, PgBouncer and a byte pipe; then each mode
+## make bench: pgbench through CLIDash vs direct, PgBouncer and a byte pipe; each mode; policy propagation; SDK cost
 bench: install
 	$(PY) bench/pgbench_compare.py
 	$(PY) bench/modes.py
+	$(PY) bench/policy_propagation.py
+	$(PY) bench/sdk_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
