@@ -188,7 +188,8 @@ def bytepipe_target(primary: PgServer, workdir: Path) -> Iterator[tuple[str, int
 def clidash_target(cluster: PgCluster, workdir: Path, extra_args: list[str]) -> Iterator[tuple[str, int]]:
     port = pgcluster.free_port()
     cmd = [sys.executable, "-m", "clidash", "proxy", "--protocol", "postgresql",
-           "--listen", f"127.0.0.1:{port}", "--primary", cluster.primary.dsn]
+           "--listen", f"127.0.0.1:{port}", "--primary", cluster.primary.dsn,
+           "--metrics-listen", f"127.0.0.1:{pgcluster.free_port()}"]
     for replica in cluster.replicas:
         cmd += ["--replica", replica.dsn]
     cmd += ["--service", "bench", "--mode", "EVENTUAL", *extra_args]

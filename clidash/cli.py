@@ -12,7 +12,8 @@ import sys
 import click
 
 from .cli_policy import policy
-from .config import AUTH_METHODS, PROTOCOLS, ConfigError, build_proxy_config, load_toml_section
+from .config import (AUTH_METHODS, DEFAULT_METRICS_LISTEN, PROTOCOLS, ConfigError, build_proxy_config,
+                     load_toml_section)
 
 
 def _load_config_file(ctx: click.Context, _param, path):
@@ -63,26 +64,34 @@ def main():
               help="Seconds to keep the last policy while Redis is unreachable, then --mode.")
 @click.option("--ryw-wait-ms", type=float, default=0.0, show_default=True,
               help="READ_YOUR_WRITES: wait up to this long for a replica to catch up before using the primary.")
+@click.option("--metrics-listen", metavar="HOST:PORT", default=DEFAULT_METRICS_LISTEN, show_default=True,
+              help="HTTP listener for /metrics (Prometheus), /livez, /readyz and /startup.")
+@click.option("--no-metrics", is_flag=True, help="Run without the metrics and health HTTP listener.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def proxy(protocol, listen, primary, replicas, service, mode, auth_method, auth_trust_loopback, users,
-          writing_functions, health_interval, redis_url, policy_ttl, ryw_wait_ms, log_level):
+          writing_functions, health_interval, redis_url, policy_ttl, ryw_wait_ms, metrics_listen, no_metrics,
+          log_level):
     """Run the sidecar proxy."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = build_proxy_config(protocol, listen, primary, replicas, service, mode, auth_method,
                                     auth_trust_loopback, users, writing_functions, health_interval,
-                                    redis_url=redis_url, policy_ttl_s=policy_ttl, ryw_wait_ms=ryw_wait_ms)
+                                    redis_url=redis_url, policy_ttl_s=policy_ttl, ryw_wait_ms=ryw_wait_ms,
+                                    metrics_listen=None if no_metrics else metrics_listen)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     from clidash.proxy.dsn import DsnError
+    from clidash.proxy.http import ListenError
     from clidash.proxy.run import run
     try:
         run(config)
     except DsnError as exc:
         raise click.UsageError(str(exc)) from None
     except NotImplementedError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ListenError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror}") from None

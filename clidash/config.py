@@ -13,6 +13,7 @@ from .policy import ModeSpec, PolicyError
 
 PROTOCOLS = ("postgresql", "mysql")
 DEFAULT_LISTEN = {"postgresql": "127.0.0.1:6432", "mysql": "127.0.0.1:6033"}
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"   # the CLI's default; build_proxy_config's is "off"
 AUTH_METHODS = ("scram-sha-256", "md5", "password", "trust")
 
 
@@ -39,6 +40,11 @@ class ProxyConfig:
     redis_url: str | None = None                       # the policy plane; None: --mode for every route
     policy_ttl_s: float = 60.0                         # keep the last policy this long when Redis is gone
     ryw_wait_ms: float = 0.0                           # hold a READ_YOUR_WRITES read this long for a replica
+    metrics_listen: str | None = None                  # HOST:PORT of /metrics and the health checks; None: off
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return None if self.metrics_listen is None else parse_host_port(self.metrics_listen, "metrics_listen")
 
 
 def parse_host_port(text: str, setting: str) -> tuple[str, int]:
@@ -69,7 +75,7 @@ def build_proxy_config(protocol: str, listen: str | None, primary: str | None, r
                        users=(), writing_functions=(), health_interval_s: float = 1.0,
                        hard_lag_cap_ms: float = 30_000.0, max_message_bytes: int = 64 * 1024 * 1024,
                        redis_url: str | None = None, policy_ttl_s: float = 60.0,
-                       ryw_wait_ms: float = 0.0) -> ProxyConfig:
+                       ryw_wait_ms: float = 0.0, metrics_listen: str | None = None) -> ProxyConfig:
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if not primary:
@@ -89,6 +95,9 @@ def build_proxy_config(protocol: str, listen: str | None, primary: str | None, r
         raise ConfigError("policy_ttl: must be >= 0 seconds")
     if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"redis: expected a redis://, rediss:// or unix:// URL, got {redis_url!r}")
+    if metrics_listen is not None:
+        if parse_host_port(metrics_listen, "metrics_listen") == (host, port) and port != 0:
+            raise ConfigError(f"metrics_listen: {metrics_listen} is also the proxy's listen address")
     if max_message_bytes < 1024:
         raise ConfigError("max_message_bytes: must be at least 1024")
     return ProxyConfig(
@@ -98,6 +107,7 @@ def build_proxy_config(protocol: str, listen: str | None, primary: str | None, r
         writing_functions=tuple(writing_functions or ()), health_interval_s=health_interval_s,
         hard_lag_cap_ms=hard_lag_cap_ms, max_message_bytes=max_message_bytes,
         redis_url=redis_url or None, policy_ttl_s=policy_ttl_s, ryw_wait_ms=ryw_wait_ms,
+        metrics_listen=metrics_listen,
     )
 
 

@@ -29,6 +29,10 @@ async def serve(config: ProxyConfig, ready=None) -> None:
     log.info("clidash proxy (%s) listening on %s:%d, primary %s, %d replica(s), mode %s",
              config.protocol, config.listen_host, config.listen_port, proxy.primary.describe(),
              len(proxy.replicas), config.mode)
+    if proxy.http is not None:
+        host, port = proxy.http.address
+        log.info("metrics and health on http://%s:%d (/metrics, /livez, /readyz, /startup)",
+                 f"[{host}]" if ":" in host else host, port)
     if ready is not None:
         ready(proxy)
     stop = asyncio.Event()

@@ -76,7 +76,7 @@ def main() -> int:
         try:
             primary, replica = cluster.primary, cluster.replicas[0]
             proxy_dsn = proxy.dsn()
-            print(f"proxy listening on {proxy.host}:{proxy.port} (mode EVENTUAL)")
+            print(f"proxy listening on {proxy.host}:{proxy.port} (mode EVENTUAL); metrics at {proxy.metrics_url()}")
             counts = asyncio.run(workload(proxy_dsn))
             time.sleep(1.5)   # backends flush their statistics at exit; give them a moment
             on_primary = asyncio.run(table_activity(primary.dsn))

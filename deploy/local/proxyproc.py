@@ -32,6 +32,10 @@ class ProxyProcess:
     cluster: PgCluster
     mode: str
     _log_file: object = field(default=None, repr=False)
+    metrics_port: int | None = None    # /metrics, /livez, /readyz, /startup on host
+
+    def metrics_url(self, path: str = "/metrics") -> str:
+        return f"http://{self.host}:{self.metrics_port}{path}"
 
     def dsn(self, user: str | None = None, password: str | None = None, dbname: str | None = None) -> str:
         """A DSN for the proxy; user, password and database default to the primary's."""
@@ -68,9 +72,10 @@ def launch_proxy(cluster: PgCluster, mode: str = "EVENTUAL", extra_args: Sequenc
                  log_dir: Path | str | None = None, service: str = "test",
                  timeout: float = START_TIMEOUT_S) -> ProxyProcess:
     """Start `python -m clidash proxy` in front of cluster and wait until it accepts TCP."""
-    host, port = "127.0.0.1", free_port()
+    host, port, metrics_port = "127.0.0.1", free_port(), free_port()
     cmd = [sys.executable, "-m", "clidash", "proxy", "--protocol", "postgresql",
-           "--listen", f"{host}:{port}", "--primary", cluster.primary.dsn]
+           "--listen", f"{host}:{port}", "--primary", cluster.primary.dsn,
+           "--metrics-listen", f"{host}:{metrics_port}"]   # not the shared default 9464: many run at once
     for replica in cluster.replicas:
         cmd += ["--replica", replica.dsn]
     cmd += ["--service", service, "--mode", mode, *extra_args]
@@ -80,7 +85,7 @@ def launch_proxy(cluster: PgCluster, mode: str = "EVENTUAL", extra_args: Sequenc
     log_file.flush()
     process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    proxy = ProxyProcess(process, host, port, log_path, cluster, mode, log_file)
+    proxy = ProxyProcess(process, host, port, log_path, cluster, mode, log_file, metrics_port)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

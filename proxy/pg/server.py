@@ -10,6 +10,7 @@ import secrets
 from clidash.config import ProxyConfig
 from clidash.policy import ModeSpec
 from clidash.proxy.dsn import parse_dsn
+from clidash.proxy.http import ProxyHttp
 from clidash.proxy.policy_watcher import PolicyWatcher
 from clidash.proxy.replicas import ReplicaMonitor
 from clidash.proxy.routing import PRIMARY, ReplicaView
@@ -19,6 +20,7 @@ from .auth import Credentials
 from .backend import send_cancel
 from .classify import Classifier
 from .client import ClientSession
+from .health import PgReadiness
 from .lag import PgLagMonitor
 from .startup import AuthConfig
 
@@ -50,8 +52,31 @@ class PgProxy:
         self._server: asyncio.AbstractServer | None = None
         self.watchers: dict[str, PolicyWatcher] = {}
         self._tasks: list[asyncio.Task] = []
+        # Metrics and health HTTP (proxy/http.py); None with --no-metrics.
+        self.started = False
+        self.readiness = PgReadiness(self)
+        self.http = None
 
     async def start(self) -> None:
+        """The metrics and health listener first (so /startup answers during
+        startup, and a taken port fails before anything else starts), then the proxy."""
+        if self.config.metrics_listen is not None:
+            host, port = self.config.metrics_address
+            http = ProxyHttp(self, host, port, self.readiness.check)
+            await http.start()   # ListenError naming the port if it is taken
+            self.http = http
+        try:
+            await self._start_proxy()
+        except BaseException:
+            await self.close()
+            raise
+        self.started = True
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    async def _start_proxy(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: ClientSession(self), self.config.listen_host, self.config.listen_port,
@@ -74,6 +99,11 @@ class PgProxy:
             await self.close()
 
     async def close(self) -> None:
+        self.started = False
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
+        self.readiness.close()
         for task in self._tasks:
             task.cancel()
         if self._server is not None:
