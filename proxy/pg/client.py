@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 from collections import deque
-from time import monotonic, perf_counter
+from time import perf_counter
 
-from clidash.policy import Mode, is_weaker
+from clidash.policy import Mode
 
 from clidash.proxy.routing import FALLBACK_REASONS, PRIMARY, SessionView, route
 
@@ -22,6 +21,7 @@ from . import messages as m
 from . import requests
 from .backend import BackendConnection, BackendUnavailable
 from .classify import TxEffect
+from .consistency import SessionConsistency
 from .framing import FrontendParser, ProtocolViolation, ends_with_ready
 from .session import SessionState
 from .startup import Authenticated, CancelRequested, ClientStartup, Rejected
@@ -76,15 +76,8 @@ class ClientSession(asyncio.Protocol):
         self.key = (0, b"")
         self._view = SessionView()
         self._reading_paused = False
-        # Read-your-writes: when this session's last write committed (monotonic,
-        # at its ReadyForQuery 'I'), and the WAL token resolved from it.
-        self.commit_time: float | None = None
-        self.ryw_token: int | None = None
-        self.txn_wrote = False
-        self.ryw_deadline: float | None = None
+        self.consistency = SessionConsistency(proxy.stats, proxy.config.ryw_wait_ms)
         self.retry_scheduled = False
-        # SET clidash.consistency / startup options: a stronger mode for this session.
-        self.session_hint = None
 
     # ------------------------------------------------------------ transport
 
@@ -194,7 +187,7 @@ class ClientSession(asyncio.Protocol):
         params["database"] = auth.database or primary.dbname or auth.user
         self.startup_params = params
         self.service = params.get("application_name") or self.proxy.config.service
-        self.session_hint = session_hint_from_options(params.get("options", ""))
+        self.consistency.startup_options(params.get("options", ""))
         backend = BackendConnection(primary, PRIMARY)
         try:
             await backend.connect(params)
@@ -313,7 +306,8 @@ class ClientSession(asyncio.Protocol):
         entry.hide_ready = True
         entry.backend.write(m.sync())
 
-    def choose_target(self, req) -> tuple[int, str, bool]:
+    def choose_target(self, req) -> tuple[int | None, str, bool]:
+        """(target, reason, replica_ok); target None: wait a moment and retry."""
         replica_ok, reason = req.replica_ok, req.reason
         if self.state.deferred_begin is not None:
             replica_ok = req.tx is TxEffect.SET_READ_ONLY
@@ -321,35 +315,23 @@ class ClientSession(asyncio.Protocol):
         elif req.tx is TxEffect.BEGIN_READ_ONLY:
             replica_ok, reason = True, "read_only_transaction"
         service = req.service or self.service
-        policy = self.proxy.policy_for(service, req.route)
-        hint = req.hint or self.session_hint
-        if hint is not None and hint != policy:
-            if is_weaker(policy, hint):
-                policy = hint
-            elif is_weaker(hint, policy):
-                self.proxy.stats.hints_ignored[service] += 1   # a hint may only strengthen
-        if req.bad_hint:
-            self.proxy.stats.record_error("bad_consistency_hint")
-        if self.commit_time is not None and replica_ok and policy.mode is Mode.READ_YOUR_WRITES \
-                and self.txn_target is None:
-            if not self.resolve_ryw_token():
-                return (None if self.ryw_should_wait() else PRIMARY), "ryw", replica_ok
+        consistency = self.consistency
+        policy = consistency.mode_for(req, service, self.proxy.policy_for(service, req.route))
+        if consistency.token_pending and replica_ok and self.txn_target is None \
+                and policy.mode is Mode.READ_YOUR_WRITES:
+            token = consistency.resolve_token(self.proxy.lag)
+            if token is None:
+                return (None if self.wait_for_replica() else PRIMARY), "ryw", replica_ok
+            self._view = SessionView(self.txn_target, self.state.pinned_to_primary, token)
         target, reason = route(replica_ok, reason, self._view, policy, self.proxy.replicas,
                                self.proxy.config.hard_lag_cap_ms)
-        if reason == "ryw" and self.ryw_should_wait():
+        if reason == "ryw" and self.wait_for_replica():
             return None, reason, replica_ok
         return target, reason, replica_ok
 
-    def ryw_should_wait(self) -> bool:
-        """--ryw-wait-ms: hold a read-your-writes read briefly for a replica to
-        catch up instead of sending it to the primary at once."""
-        wait_s = self.proxy.config.ryw_wait_ms / 1000
-        if not wait_s:
-            return False
-        now = monotonic()
-        if self.ryw_deadline is None:
-            self.ryw_deadline = now + wait_s
-        if now >= self.ryw_deadline:
+    def wait_for_replica(self) -> bool:
+        """Hold a read-your-writes read briefly (--ryw-wait-ms), retrying every 1 ms."""
+        if not self.consistency.may_wait():
             return False
         if not self.retry_scheduled:
             self.retry_scheduled = True
@@ -360,18 +342,6 @@ class ClientSession(asyncio.Protocol):
         self.retry_scheduled = False
         if self.phase is _READY:
             self.pump()
-
-    def resolve_ryw_token(self) -> bool:
-        """Turn the last commit time into a WAL position (the first primary sample
-        taken after it). False while no such sample exists yet."""
-        lag = self.proxy.lag
-        token = lag.token_after(self.commit_time) if lag is not None else None
-        if token is None:
-            return False
-        self.commit_time = None
-        self.ryw_token = token
-        self._view = SessionView(self.txn_target, self.state.pinned_to_primary, token)
-        return True
 
     def dispatch(self, req) -> bool:
         """Send req to its backend. False when it has to wait (backend connecting)."""
@@ -530,22 +500,17 @@ class ClientSession(asyncio.Protocol):
         if not entry.failed and req.executed and req.operation != "read":
             self.apply_session_effects(req, backend, status != "I")
         wrote = target == PRIMARY and (req.operation == "write" or req.reason in _MAY_WRITE)
+        self.consistency.request_done(wrote, status == "I")
         if status == "I":
             if was_in_transaction:
                 committed = not entry.failed and req.tx is not TxEffect.ROLLBACK
                 state.transaction_ended(committed, backend.session)
-            if wrote or self.txn_wrote:
-                # Taken only now: an extended-protocol autocommit write commits at Sync.
-                self.commit_time = monotonic()
-                self.ryw_deadline = None
-                self.txn_wrote = False
             new_target = None
         else:
-            self.txn_wrote = self.txn_wrote or wrote
             new_target = target
         if new_target != self.txn_target or state.pinned_to_primary != self._view.pinned_to_primary:
             self.txn_target = new_target
-            self._view = SessionView(new_target, state.pinned_to_primary, self.ryw_token)
+            self._view = SessionView(new_target, state.pinned_to_primary, self.consistency.token)
 
     def apply_session_effects(self, req, backend, in_transaction: bool):
         state = self.state
@@ -554,12 +519,11 @@ class ClientSession(asyncio.Protocol):
                 continue
             if cls.session_replay:
                 state.state_changed(cls.session_replay, False, backend.session, in_transaction)
-                if "clidash.consistency" in cls.session_replay.lower() or "reset all" in cls.session_replay.lower():
-                    self.session_hint = session_hint_from(cls.session_replay, self.session_hint)
+                self.consistency.session_sql(cls.session_replay)
             if cls.discard_all:
                 state.state_changed("DISCARD ALL", True, backend.session, in_transaction)
                 state.discarded_all()
-                self.session_hint = None
+                self.consistency.discard_all()
             if cls.deallocate == "*":
                 state.state_changed("DEALLOCATE ALL", True, backend.session, in_transaction)
             elif cls.deallocate:
@@ -621,25 +585,3 @@ class ClientSession(asyncio.Protocol):
             self.transport.close()
         self.phase = _CLOSED
 
-
-_HINT_SETTING = re.compile(r"clidash\.consistency\s*(?:=|\bto\b)\s*'?([A-Za-z_]+(?::[0-9.]+)?)'?", re.I)
-_HINT_RESET = re.compile(r"\breset\s+(?:all|clidash\.consistency)\b", re.I)
-
-
-def session_hint_from(sql: str, current):
-    """The session hint after `sql` (SET/RESET clidash.consistency, RESET ALL) ran."""
-    hint = current
-    for statement in sql.split(";"):
-        if _HINT_RESET.search(statement):
-            hint = None
-            continue
-        match = _HINT_SETTING.search(statement)
-        if match:
-            hint = requests.parse_mode_hint(match.group(1))
-    return hint
-
-
-def session_hint_from_options(options: str):
-    """`options=-c clidash.consistency=STRONG` (or --clidash.consistency=...) at startup."""
-    match = re.search(r"clidash\.consistency=([A-Za-z_]+(?::[0-9.]+)?)", options or "")
-    return requests.parse_mode_hint(match.group(1)) if match else None
