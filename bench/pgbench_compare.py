@@ -33,6 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "deploy" / "local"))
 
 import pgcluster  # noqa: E402
+from procutil import stop_process  # noqa: E402
 from pgcluster import PgCluster, PgServer  # noqa: E402
 
 PGBOUNCER_POOL_SIZE = 20
@@ -92,16 +93,6 @@ def tail(path: Path, lines: int = 12) -> str:
     except OSError:
         return "(no log)"
     return " | ".join(text[-lines:]) or "(empty log)"
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 @contextlib.contextmanager

@@ -28,7 +28,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from procutil import free_port  # noqa: F401  (re-exported: tests import it from here)
 
 PG_OS_USER = "postgres"  # initdb/pg_ctl refuse to run as root; this user runs them then
 START_TIMEOUT_S = 60
@@ -134,13 +135,6 @@ class PgCluster:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _running_as_root() -> bool:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import quote
 
-from pgcluster import PgCluster, free_port
+from pgcluster import PgCluster
+from procutil import free_port, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 15.0
@@ -56,13 +57,7 @@ class ProxyProcess:
         return self.process.poll() is None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

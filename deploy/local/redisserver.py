@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from procutil import free_port, stop_process  # noqa: F401  (free_port is used by callers too)
+
 START_TIMEOUT_S = 10.0
 LOG_TAIL_CHARS = 2000
 
@@ -69,12 +71,6 @@ class RedisServer:
         self.stop()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def ping(host: str, port: int, timeout: float = 0.5, password: str | None = None) -> bool:
     """True when a Redis on host:port answers PING (raw RESP: no client library needed)."""
     try:
@@ -95,16 +91,6 @@ def _tail(path: str) -> str:
             return fh.read()[-LOG_TAIL_CHARS:] or "(log is empty)"
     except OSError as exc:
         return f"(log unreadable: {exc})"
-
-
-def _stop_process(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 # --------------------------------------------------------------------------- local binary
@@ -129,7 +115,7 @@ def start_local_redis(port: int | None = None, host: str = "127.0.0.1", attempts
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         server = RedisServer(host, chosen, source="local", pid=process.pid)
         server._cleanups.append(lambda d=workdir: shutil.rmtree(d, ignore_errors=True))
-        server._cleanups.append(lambda p=process: _stop_process(p))
+        server._cleanups.append(lambda p=process: stop_process(p))
         atexit.register(server.stop)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline and process.poll() is None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import pytest
+from procutil import stop_process
 
 from clidash_sdk import configure, hooks, route
 from clidash_sdk.sqlcommenter import extract
@@ -306,12 +307,7 @@ def mysql_server() -> Iterator[MySQLServer]:
                 time.sleep(0.2)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process, timeout=30)
         log.close()
         shutil.rmtree(base, ignore_errors=True)
 
