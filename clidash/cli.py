@@ -12,8 +12,8 @@ import sys
 import click
 
 from .cli_policy import policy
-from .config import (AUTH_METHODS, DEFAULT_METRICS_LISTEN, PROTOCOLS, ConfigError, build_proxy_config,
-                     load_toml_section)
+from .config import (AUTH_METHODS, DEFAULT_METRICS_LISTEN, DEFAULT_UDP_LISTEN, PROTOCOLS, ConfigError,
+                     build_proxy_config, load_toml_section)
 
 
 def _load_config_file(ctx: click.Context, _param, path):
@@ -67,11 +67,16 @@ def main():
 @click.option("--metrics-listen", metavar="HOST:PORT", default=DEFAULT_METRICS_LISTEN, show_default=True,
               help="HTTP listener for /metrics (Prometheus), /livez, /readyz and /startup.")
 @click.option("--no-metrics", is_flag=True, help="Run without the metrics and health HTTP listener.")
+@click.option("--telemetry-window", type=float, default=1.0, show_default=True,
+              help="Seconds per telemetry record XADDed to clidash:telemetry (only with --redis).")
+@click.option("--udp-listen", metavar="HOST:PORT", default=DEFAULT_UDP_LISTEN, show_default=True,
+              help='UDP listener for application latency events {"svc":..,"op":..,"latency":<ms>}.')
+@click.option("--no-udp", is_flag=True, help="Run without the UDP latency event listener.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def proxy(protocol, listen, primary, replicas, service, mode, auth_method, auth_trust_loopback, users,
           writing_functions, health_interval, redis_url, policy_ttl, ryw_wait_ms, metrics_listen, no_metrics,
-          log_level):
+          telemetry_window, udp_listen, no_udp, log_level):
     """Run the sidecar proxy."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -79,7 +84,9 @@ def proxy(protocol, listen, primary, replicas, service, mode, auth_method, auth_
         config = build_proxy_config(protocol, listen, primary, replicas, service, mode, auth_method,
                                     auth_trust_loopback, users, writing_functions, health_interval,
                                     redis_url=redis_url, policy_ttl_s=policy_ttl, ryw_wait_ms=ryw_wait_ms,
-                                    metrics_listen=None if no_metrics else metrics_listen)
+                                    metrics_listen=None if no_metrics else metrics_listen,
+                                    telemetry_window_s=telemetry_window,
+                                    udp_listen=None if no_udp else udp_listen)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     from clidash.proxy.dsn import DsnError
@@ -111,3 +118,16 @@ def demo():
 
 
 main.add_command(policy)
+
+
+@main.command()
+@click.option("--url", "urls", metavar="URL", multiple=True,
+              help="A proxy's metrics URL; repeat for more. Default http://127.0.0.1:9464/metrics.")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+              help="Seconds between scrapes.")
+@click.option("--once", is_flag=True, help="Print one table after two scrapes --interval apart, then exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the computed rows as JSON instead of a table.")
+def top(urls, interval, once, as_json):
+    """Live terminal view of proxies' metrics: qps, latency, replica share, fallbacks."""
+    from clidash.top import run as run_top
+    run_top(urls, interval=interval, once=once, as_json=as_json)

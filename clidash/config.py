@@ -14,6 +14,7 @@ from .policy import ModeSpec, PolicyError
 PROTOCOLS = ("postgresql", "mysql")
 DEFAULT_LISTEN = {"postgresql": "127.0.0.1:6432", "mysql": "127.0.0.1:6033"}
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"   # the CLI's default; build_proxy_config's is "off"
+DEFAULT_UDP_LISTEN = "127.0.0.1:5775"       # app latency events; the CLI's default, build_proxy_config's is "off"
 AUTH_METHODS = ("scram-sha-256", "md5", "password", "trust")
 
 
@@ -41,10 +42,16 @@ class ProxyConfig:
     policy_ttl_s: float = 60.0                         # keep the last policy this long when Redis is gone
     ryw_wait_ms: float = 0.0                           # hold a READ_YOUR_WRITES read this long for a replica
     metrics_listen: str | None = None                  # HOST:PORT of /metrics and the health checks; None: off
+    telemetry_window_s: float = 1.0                    # clidash:telemetry window (only with redis_url)
+    udp_listen: str | None = None                      # HOST:PORT of the UDP app latency events; None: off
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
         return None if self.metrics_listen is None else parse_host_port(self.metrics_listen, "metrics_listen")
+
+    @property
+    def udp_address(self) -> tuple[str, int] | None:
+        return None if self.udp_listen is None else parse_host_port(self.udp_listen, "udp_listen")
 
 
 def parse_host_port(text: str, setting: str) -> tuple[str, int]:
@@ -75,7 +82,8 @@ def build_proxy_config(protocol: str, listen: str | None, primary: str | None, r
                        users=(), writing_functions=(), health_interval_s: float = 1.0,
                        hard_lag_cap_ms: float = 30_000.0, max_message_bytes: int = 64 * 1024 * 1024,
                        redis_url: str | None = None, policy_ttl_s: float = 60.0,
-                       ryw_wait_ms: float = 0.0, metrics_listen: str | None = None) -> ProxyConfig:
+                       ryw_wait_ms: float = 0.0, metrics_listen: str | None = None,
+                       telemetry_window_s: float = 1.0, udp_listen: str | None = None) -> ProxyConfig:
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if not primary:
@@ -98,6 +106,10 @@ def build_proxy_config(protocol: str, listen: str | None, primary: str | None, r
     if metrics_listen is not None:
         if parse_host_port(metrics_listen, "metrics_listen") == (host, port) and port != 0:
             raise ConfigError(f"metrics_listen: {metrics_listen} is also the proxy's listen address")
+    if not 0.05 <= telemetry_window_s <= 3600:
+        raise ConfigError("telemetry_window: must be between 0.05 and 3600 seconds")
+    if udp_listen is not None:
+        parse_host_port(udp_listen, "udp_listen")
     if max_message_bytes < 1024:
         raise ConfigError("max_message_bytes: must be at least 1024")
     return ProxyConfig(
@@ -107,7 +119,7 @@ def build_proxy_config(protocol: str, listen: str | None, primary: str | None, r
         writing_functions=tuple(writing_functions or ()), health_interval_s=health_interval_s,
         hard_lag_cap_ms=hard_lag_cap_ms, max_message_bytes=max_message_bytes,
         redis_url=redis_url or None, policy_ttl_s=policy_ttl_s, ryw_wait_ms=ryw_wait_ms,
-        metrics_listen=metrics_listen,
+        metrics_listen=metrics_listen, telemetry_window_s=telemetry_window_s, udp_listen=udp_listen,
     )
 
 

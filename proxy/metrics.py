@@ -29,6 +29,9 @@ Exported (base units, counters end in `_total`):
 - `clidash_proxy_client_connections`, `clidash_proxy_backend_connections` {role}
 - `clidash_proxy_errors_total` {kind}, `clidash_proxy_telemetry_dropped_total`,
   `clidash_proxy_route_overflow_total` {service}, `clidash_proxy_hints_ignored_total` {service}
+- `clidash_app_operation_duration_seconds` histogram {service, operation}: application
+  latency events received over UDP (proxy/udp.py), and
+  `clidash_proxy_udp_dropped_total` {reason}: datagrams rejected
 """
 from __future__ import annotations
 
@@ -73,17 +76,29 @@ class ProxySnapshot:
     route_overflow: list   # (service, n)
     hints_ignored: list    # (service, n)
     telemetry_dropped: int = 0
+    app_operations: list = ()   # ((service, operation), counts, sum)
+    udp_dropped: list = ()      # (reason, n)
 
 
-def take_snapshot(proxy, telemetry_dropped: int = 0) -> ProxySnapshot:
+def take_snapshot(proxy, telemetry_dropped: int | None = None) -> ProxySnapshot:
     """Copy a running proxy's numbers. Call on its event loop thread.
 
     `proxy` needs: config (.protocol, .service), stats (StatementStats),
     replicas (ReplicaView list), watchers (service -> PolicyWatcher), clients
     (sessions with a `.backends` dict keyed by target: -1 the primary, >= 0 a
-    replica).
+    replica). Optional: `telemetry` (TelemetryExporter: its `dropped` counter
+    unless `telemetry_dropped` is given) and `udp` (UdpListener).
     """
     stats = proxy.stats
+    if telemetry_dropped is None:
+        exporter = getattr(proxy, "telemetry", None)
+        telemetry_dropped = exporter.dropped if exporter is not None else 0
+    udp = getattr(proxy, "udp", None)
+    if udp is not None:
+        app_operations = [(key, tuple(h.counts), h.sum) for key, h in udp.stats.histograms.items()]
+        udp_dropped = list(udp.stats.dropped.items())
+    else:
+        app_operations, udp_dropped = [], []
     statements = [(key, tuple(h.counts), h.sum, h.errors, tuple(h.reasons.items()))
                   for key, h in stats.histograms.items()]
     if proxy.watchers:
@@ -109,6 +124,8 @@ def take_snapshot(proxy, telemetry_dropped: int = 0) -> ProxySnapshot:
         route_overflow=list(stats.routes_overflowed.items()),
         hints_ignored=list(stats.hints_ignored.items()),
         telemetry_dropped=telemetry_dropped,
+        app_operations=app_operations,
+        udp_dropped=udp_dropped,
     )
 
 
@@ -125,6 +142,7 @@ class SnapshotCollector:
         yield from self._policy(snap)
         yield from self._connections(snap)
         yield from self._proxy_counters(snap)
+        yield from self._app(snap)
 
     @staticmethod
     def _statements(snap):
@@ -210,6 +228,19 @@ class SnapshotCollector:
         for service, n in snap.hints_ignored:
             hints.add_metric((service,), n)
         return errors, dropped, overflow, hints
+
+    @staticmethod
+    def _app(snap):
+        duration = HistogramMetricFamily(
+            "clidash_app_operation_duration_seconds",
+            "Application-reported operation latency, from UDP events.", labels=("service", "operation"))
+        for (service, operation), counts, total in snap.app_operations:
+            duration.add_metric((service, operation), cumulative_buckets(counts), total)
+        dropped = CounterMetricFamily("clidash_proxy_udp_dropped",
+                                      "UDP latency events rejected, by reason.", labels=("reason",))
+        for reason, n in snap.udp_dropped:
+            dropped.add_metric((reason,), n)
+        return duration, dropped
 
 
 class ProxyCollector:

@@ -73,7 +73,10 @@ def launch_proxy(cluster: PgCluster, mode: str = "EVENTUAL", extra_args: Sequenc
            "--metrics-listen", f"{host}:{metrics_port}"]   # not the shared default 9464: many run at once
     for replica in cluster.replicas:
         cmd += ["--replica", replica.dsn]
-    cmd += ["--service", service, "--mode", mode, *extra_args]
+    cmd += ["--service", service, "--mode", mode]
+    if not any(a in ("--udp-listen", "--no-udp") or a.startswith("--udp-listen=") for a in extra_args):
+        cmd.append("--no-udp")   # the default UDP port 5775 is shared: many proxies run at once
+    cmd += list(extra_args)
     log_path = Path(log_dir or cluster.base_dir or "/tmp") / f"proxy-{port}.log"
     log_file = open(log_path, "wb")
     log_file.write(("$ " + " ".join(cmd) + "\n").encode())

@@ -15,6 +15,8 @@ from clidash.proxy.policy_watcher import PolicyWatcher
 from clidash.proxy.replicas import ReplicaMonitor
 from clidash.proxy.routing import PRIMARY, ReplicaView
 from clidash.proxy.stats import StatementStats
+from clidash.proxy.telemetry import TelemetryExporter
+from clidash.proxy.udp import UdpListener
 
 from .auth import Credentials
 from .backend import send_cancel
@@ -56,6 +58,9 @@ class PgProxy:
         self.started = False
         self.readiness = PgReadiness(self)
         self.http = None
+        # Telemetry windows to Redis (only with redis_url) and UDP app events; None when off.
+        self.telemetry: TelemetryExporter | None = None
+        self.udp: UdpListener | None = None
 
     async def start(self) -> None:
         """The metrics and health listener first (so /startup answers during
@@ -81,8 +86,18 @@ class PgProxy:
         self._server = await loop.create_server(
             lambda: ClientSession(self), self.config.listen_host, self.config.listen_port,
             reuse_address=True, backlog=1024)
+        if self.config.udp_listen is not None:
+            host, port = self.config.udp_address
+            udp = UdpListener(host, port)
+            await udp.start()
+            self.udp = udp
         if self.config.redis_url is not None:
             await self._watch(self.config.service).start()
+            self.telemetry = TelemetryExporter(
+                self, self.config.redis_url,
+                f"{self.config.service}@{self.config.listen_host}:{self.config.listen_port}/{os.getpid()}",
+                window_s=self.config.telemetry_window_s)
+            self.telemetry.start()
         if self.replicas:
             self._tasks.append(loop.create_task(self.monitor.run()))
             await self.lag.start()
@@ -116,6 +131,10 @@ class PgProxy:
             await self.lag.close()
         for watcher in self.watchers.values():
             await watcher.close()
+        if self.telemetry is not None:
+            await self.telemetry.close()
+        if self.udp is not None:
+            self.udp.close()
 
     def policy_for(self, service: str, route: str) -> ModeSpec:
         """The consistency mode for a service's route: from Redis when configured
