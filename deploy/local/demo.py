@@ -23,6 +23,23 @@ WORKLOAD_CLIENTS = 4
 ROUNDS = 200
 
 
+def statements_by_target(metrics_url: str) -> dict:
+    """What the proxy itself counted, per target role, from its /metrics."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urlopen(metrics_url, timeout=5).read().decode()
+    counts: dict = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "db_client_operation_duration_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_count"):
+                    role = sample.labels["target_role"]
+                    counts[role] = counts.get(role, 0) + int(sample.value)
+    return counts
+
+
 async def table_activity(dsn: str) -> tuple[int, int]:
     """(scans, rows written) of demo_orders as this server counted them: its own statistics,
     so the proxy's monitoring queries do not blur the picture."""
@@ -83,6 +100,9 @@ def main() -> int:
             on_standby = asyncio.run(table_activity(replica.dsn))
             print(f"workload: {WORKLOAD_CLIENTS} clients; {counts['reads']} reads, {counts['writes']} writes, "
                   f"{counts['transactions']} transactions (half of them read-only)")
+            routed = statements_by_target(proxy.metrics_url())
+            print(f"statements the proxy sent: {routed.get('primary', 0)} to the primary, "
+                  f"{routed.get('replica', 0)} to the standby")
             print("what each server ran on demo_orders, by its own statistics:")
             print(f"  primary ({primary.host}:{primary.port}): {on_primary[0]} scans, {on_primary[1]} rows inserted or updated")
             print(f"  standby ({replica.host}:{replica.port}): {on_standby[0]} scans, {on_standby[1]} rows inserted or updated")
