@@ -31,6 +31,7 @@ bench: install
 	$(PY) bench/modes.py
 	$(PY) bench/policy_propagation.py
 	$(PY) bench/sdk_overhead.py
+	$(PY) bench/telemetry_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
