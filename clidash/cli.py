@@ -72,11 +72,13 @@ def main():
 @click.option("--udp-listen", metavar="HOST:PORT", default=DEFAULT_UDP_LISTEN, show_default=True,
               help='UDP listener for application latency events {"svc":..,"op":..,"latency":<ms>}.')
 @click.option("--no-udp", is_flag=True, help="Run without the UDP latency event listener.")
+@click.option("--audit-rate", type=float, default=0.005, show_default=True,
+              help="Share of replica reads re-run on the primary to measure stale reads (0 turns it off).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def proxy(protocol, listen, primary, replicas, service, mode, auth_method, auth_trust_loopback, users,
           writing_functions, health_interval, redis_url, policy_ttl, ryw_wait_ms, metrics_listen, no_metrics,
-          telemetry_window, udp_listen, no_udp, log_level):
+          telemetry_window, udp_listen, no_udp, audit_rate, log_level):
     """Run the sidecar proxy."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -86,7 +88,7 @@ def proxy(protocol, listen, primary, replicas, service, mode, auth_method, auth_
                                     redis_url=redis_url, policy_ttl_s=policy_ttl, ryw_wait_ms=ryw_wait_ms,
                                     metrics_listen=None if no_metrics else metrics_listen,
                                     telemetry_window_s=telemetry_window,
-                                    udp_listen=None if no_udp else udp_listen)
+                                    udp_listen=None if no_udp else udp_listen, audit_rate=audit_rate)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     from clidash.proxy.dsn import DsnError

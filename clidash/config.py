@@ -44,6 +44,7 @@ class ProxyConfig:
     metrics_listen: str | None = None                  # HOST:PORT of /metrics and the health checks; None: off
     telemetry_window_s: float = 1.0                    # clidash:telemetry window (only with redis_url)
     udp_listen: str | None = None                      # HOST:PORT of the UDP app latency events; None: off
+    audit_rate: float = 0.005                          # share of replica reads re-run on the primary
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -83,7 +84,8 @@ def build_proxy_config(protocol: str, listen: str | None, primary: str | None, r
                        hard_lag_cap_ms: float = 30_000.0, max_message_bytes: int = 64 * 1024 * 1024,
                        redis_url: str | None = None, policy_ttl_s: float = 60.0,
                        ryw_wait_ms: float = 0.0, metrics_listen: str | None = None,
-                       telemetry_window_s: float = 1.0, udp_listen: str | None = None) -> ProxyConfig:
+                       telemetry_window_s: float = 1.0, udp_listen: str | None = None,
+                       audit_rate: float = 0.005) -> ProxyConfig:
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if not primary:
@@ -106,6 +108,8 @@ def build_proxy_config(protocol: str, listen: str | None, primary: str | None, r
     if metrics_listen is not None:
         if parse_host_port(metrics_listen, "metrics_listen") == (host, port) and port != 0:
             raise ConfigError(f"metrics_listen: {metrics_listen} is also the proxy's listen address")
+    if not 0 <= audit_rate <= 1:
+        raise ConfigError("audit_rate: must be between 0 and 1")
     if not 0.05 <= telemetry_window_s <= 3600:
         raise ConfigError("telemetry_window: must be between 0.05 and 3600 seconds")
     if udp_listen is not None:
@@ -120,6 +124,7 @@ def build_proxy_config(protocol: str, listen: str | None, primary: str | None, r
         hard_lag_cap_ms=hard_lag_cap_ms, max_message_bytes=max_message_bytes,
         redis_url=redis_url or None, policy_ttl_s=policy_ttl_s, ryw_wait_ms=ryw_wait_ms,
         metrics_listen=metrics_listen, telemetry_window_s=telemetry_window_s, udp_listen=udp_listen,
+        audit_rate=audit_rate,
     )
 
 

@@ -45,6 +45,8 @@ class StatementStats:
         self.fallbacks: Counter = Counter()           # (service, reason)
         self.errors: Counter = Counter()              # kind -> count (proxy-level errors)
         self.hints_ignored: Counter = Counter()       # service -> hints weaker than the policy
+        # (service, route) -> [ryw_exposed_reads, stale_audited, stale_found], for telemetry
+        self.route_extras: dict[tuple[str, str], list[int]] = {}
 
     def record(self, service: str, route: str, operation: str, role: str, reason: str,
                seconds: float, failed: bool) -> None:
@@ -75,6 +77,17 @@ class StatementStats:
             routes.add(route)
         hist = self.histograms[key] = StatementHistogram()
         return hist
+
+    def count_route_extra(self, service: str, route: str, ryw_exposed: int = 0, audited: int = 0,
+                          stale: int = 0) -> None:
+        extras = self.route_extras.get((service, route))
+        if extras is None:
+            if len(self.route_extras) >= self.max_routes_per_service * 16:
+                route = OTHER_ROUTE   # bounded like the histograms
+            extras = self.route_extras.setdefault((service, route), [0, 0, 0])
+        extras[0] += ryw_exposed
+        extras[1] += audited
+        extras[2] += stale
 
     def record_fallback(self, service: str, reason: str) -> None:
         self.fallbacks[(service, reason)] += 1

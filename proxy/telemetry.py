@@ -10,8 +10,8 @@ Idle windows produce nothing.
 Record fields beyond or short of DESIGN section 6:
 - `replicas[].lag_ms_max` is the replica's lag when the window closes, not a
   maximum over the window (the lag monitor keeps only the current value).
-- `ryw_exposed_reads`, `stale_audited` and `stale_found` are 0: the
-  read-your-writes exposure counter and the stale-read audit are not built yet.
+- `ryw_exposed_reads` counts reads in READ_YOUR_WRITES mode by sessions that
+  wrote before; `stale_audited`/`stale_found` come from proxy/pg/audit.py.
 - Extension: routes that received application events over UDP (route = op)
   carry `app_latency_hist` (per-bucket counts, same bounds) and `app_events`.
   A route with only app events has zero statement counts.
@@ -108,7 +108,8 @@ def _add(into: list, delta: list) -> None:
         into[i] += n
 
 
-def build_records(stmt_deltas: dict, app_deltas: dict, *, proxy_id: str, window_start: float,
+def build_records(stmt_deltas: dict, app_deltas: dict, *, extras: dict | None = None, proxy_id: str,
+                  window_start: float,
                   window_s: float, replicas: list, policy_version, mode_for) -> list[dict]:
     """One record per service with traffic. `replicas`: [(name, lag_ms, healthy)];
     `policy_version(service)` -> int; `mode_for(service, route)` -> str."""
@@ -137,6 +138,12 @@ def build_records(stmt_deltas: dict, app_deltas: dict, *, proxy_id: str, window_
         elif operation == "write":
             e["writes"] += n
             _add(e["write_hist"], d.counts)
+    # (service, route) -> [ryw_exposed_reads, stale_audited, stale_found] deltas.
+    for (service, route), (exposed, audited, stale) in sorted((extras or {}).items()):
+        e = entry(service, route)
+        e["ryw_exposed_reads"] += exposed
+        e["stale_audited"] += audited
+        e["stale_found"] += stale
     for (service, op), counts in sorted(app_deltas.items()):
         e = entry(service, op)
         e["app_latency_hist"] = list(counts)
@@ -159,6 +166,7 @@ class WindowState:
     """The cumulative copies the next window is diffed against."""
     statements: dict = field(default_factory=dict)
     app: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)
 
 
 class TelemetryExporter:
@@ -203,19 +211,21 @@ class TelemetryExporter:
     def _snapshot(self) -> WindowState:
         udp = getattr(self.proxy, "udp", None)
         return WindowState(snapshot_statements(self.proxy.stats.histograms),
-                           snapshot_app(udp.stats.histograms) if udp is not None else {})
+                           snapshot_app(udp.stats.histograms) if udp is not None else {},
+                           {key: tuple(v) for key, v in self.proxy.stats.route_extras.items()})
 
     def close_window(self, window_start: float) -> list[dict]:
         """Diff against the previous window and build its records (runs on the loop; no IO)."""
         cur = self._snapshot()
         stmt = diff_statements(self._state.statements, cur.statements)
         app = diff_app(self._state.app, cur.app)
+        extras = diff_app(self._state.extras, cur.extras)
         self._state = cur
-        if not stmt and not app:
+        if not stmt and not app and not extras:
             return []
         proxy = self.proxy
         return build_records(
-            stmt, app, proxy_id=self.proxy_id, window_start=window_start, window_s=self.window_s,
+            stmt, app, extras=extras, proxy_id=self.proxy_id, window_start=window_start, window_s=self.window_s,
             replicas=[(v.name, v.lag_ms, v.healthy) for v in proxy.replicas],
             policy_version=lambda s: proxy.watchers[s].version if s in proxy.watchers else 0,
             mode_for=self._mode_for)

@@ -38,7 +38,7 @@ class Inflight:
     """A request sent to a backend, until its ReadyForQuery."""
 
     __slots__ = ("request", "backend", "started", "swallow", "failed", "parses", "parse_ok",
-                 "reason", "forwarded", "complete", "hide_ready")
+                 "reason", "forwarded", "complete", "hide_ready", "audit", "audit_statements")
 
     def __init__(self, request, backend, swallow, reason):
         self.request = request
@@ -52,6 +52,8 @@ class Inflight:
         self.forwarded = False          # some response bytes already reached the client
         self.complete = request.complete
         self.hide_ready = False         # we sent the Sync (see seal): the client expects no ReadyForQuery
+        self.audit = None               # sampled for the stale-read audit: the answer's bytes
+        self.audit_statements = b""
 
 
 class ClientSession(asyncio.Protocol):
@@ -317,6 +319,8 @@ class ClientSession(asyncio.Protocol):
         service = req.service or self.service
         consistency = self.consistency
         policy = consistency.mode_for(req, service, self.proxy.policy_for(service, req.route))
+        if replica_ok and policy.mode is Mode.READ_YOUR_WRITES and consistency.has_written:
+            self.proxy.stats.count_route_extra(service, req.route, ryw_exposed=1)
         if consistency.token_pending and replica_ok and self.txn_target is None \
                 and policy.mode is Mode.READ_YOUR_WRITES:
             token = consistency.resolve_token(self.proxy.lag)
@@ -374,8 +378,25 @@ class ClientSession(asyncio.Protocol):
         self.inflight.append(entry)
         if target != PRIMARY:
             self.proxy.replicas[target].inflight += 1
+            if (self.txn_target is None and req.operation == "read" and req.complete
+                    and self.proxy.auditor.sample()):
+                self.sample_for_audit(req, entry)
         backend.write(preamble.data + req.raw if preamble else req.raw)
         return True
+
+    def sample_for_audit(self, req, entry):
+        """Keep this replica read's answer for the stale-read audit, when the
+        primary can run it the same way (default session settings, known statements)."""
+        if self.state.has_changes:
+            return
+        if req.defines_statements and not all(
+                type(msg) is m.Parse and not msg.statement or type(msg) not in (m.Parse, m.Close)
+                for msg in req.messages):
+            return   # only the unnamed statement may be parsed in the request itself
+        statements = self.state.parse_messages(req.referenced)
+        if statements is not None:
+            entry.audit = []
+            entry.audit_statements = statements
 
     def note_statements(self, req, entry):
         """Track Parse/Close of named statements as they go to entry's backend."""
@@ -430,6 +451,8 @@ class ClientSession(asyncio.Protocol):
                 # The whole response in one read, nothing in it the session must
                 # track: forward it as is.
                 self.transport.write(data)
+                if entry.audit is not None:
+                    entry.audit.append(data)
                 self.complete(entry, status)
                 inflight.popleft()
                 if inflight or self.pending or self.deferred_out:
@@ -468,6 +491,8 @@ class ClientSession(asyncio.Protocol):
                 continue
             out.append(event.raw)
             entry.forwarded = True
+            if entry.audit is not None:
+                entry.audit.append(event.raw)
             if kind is m.ErrorResponse:
                 entry.failed = True
             elif kind is m.ParseComplete:
@@ -492,6 +517,9 @@ class ClientSession(asyncio.Protocol):
                            entry.reason, perf_counter() - entry.started, entry.failed)
         if target != PRIMARY:
             proxy.replicas[target].inflight -= 1
+            if entry.audit is not None and not entry.failed:
+                proxy.auditor.submit(req.service or self.service, req.route, self.startup_params,
+                                     entry.audit_statements, req.raw, entry.audit)
         state = self.state
         if entry.failed and entry.parses:
             for ps in entry.parses[entry.parse_ok:]:

@@ -85,6 +85,11 @@ class SessionConsistency:
     def token_pending(self) -> bool:
         return self.commit_time is not None
 
+    @property
+    def has_written(self) -> bool:
+        """This session committed a write earlier: its reads are exposed to read-your-writes."""
+        return self.commit_time is not None or self.token is not None
+
     def may_wait(self) -> bool:
         """--ryw-wait-ms: whether a read-your-writes read may still wait for a
         replica to catch up (the window opens at the first wait after a commit)."""

@@ -23,6 +23,7 @@ from .backend import send_cancel
 from .classify import Classifier
 from .client import ClientSession
 from .health import PgReadiness
+from .audit import StaleAuditor
 from .lag import PgLagMonitor
 from .startup import AuthConfig
 
@@ -60,6 +61,7 @@ class PgProxy:
         self.http = None
         # Telemetry windows to Redis (only with redis_url) and UDP app events; None when off.
         self.telemetry: TelemetryExporter | None = None
+        self.auditor = StaleAuditor(self, config.audit_rate)
         self.udp: UdpListener | None = None
 
     async def start(self) -> None:
@@ -101,6 +103,7 @@ class PgProxy:
         if self.replicas:
             self._tasks.append(loop.create_task(self.monitor.run()))
             await self.lag.start()
+            self.auditor.start()
 
     @property
     def sockets(self):
@@ -135,6 +138,7 @@ class PgProxy:
             await self.telemetry.close()
         if self.udp is not None:
             self.udp.close()
+        await self.auditor.close()
 
     def policy_for(self, service: str, route: str) -> ModeSpec:
         """The consistency mode for a service's route: from Redis when configured

@@ -60,6 +60,21 @@ class SessionState:
         self.pinned_to_primary = False
         self.deferred_begin: bytes | None = None
 
+    @property
+    def has_changes(self) -> bool:
+        """Any session-level change (SET, RESET, ...) so far."""
+        return self._seq > 0 or bool(self._txn_pending)
+
+    def parse_messages(self, names) -> bytes | None:
+        """The Parse messages of these statements, None if one is unknown here."""
+        parts = []
+        for name in names or ():
+            ps = self.statements.get(name)
+            if ps is None:
+                return None
+            parts.append(ps.parse_raw)
+        return b"".join(parts)
+
     # -- prepared statements ----------------------------------------------
 
     def parsed(self, parse: m.Parse, classification, backend: BackendSessionState) -> PreparedStatement:

@@ -225,3 +225,13 @@ def test_newer_protocol_minor_is_negotiated_down_to_3_0():
 def test_ends_with_ready(data, expected):
     from clidash.proxy.pg.framing import ends_with_ready
     assert ends_with_ready(data) == expected
+
+
+def test_datarow_digest_looks_at_rows_only_and_in_order():
+    from clidash.proxy.pg.audit import datarow_digest
+    rows_a = msg(b"D", b"\x00\x01\x00\x00\x00\x011") + msg(b"D", b"\x00\x01\x00\x00\x00\x012")
+    rows_b = msg(b"D", b"\x00\x01\x00\x00\x00\x012") + msg(b"D", b"\x00\x01\x00\x00\x00\x011")
+    framing_a = msg(b"T", b"\x00\x00") + rows_a + msg(b"C", b"SELECT 2\0") + m.ready_for_query("I")
+    framing_b = msg(b"2", b"") + rows_a + msg(b"C", b"SELECT 2\0") + m.ready_for_query("I")
+    assert datarow_digest([framing_a]) == datarow_digest([framing_b])   # only the rows count
+    assert datarow_digest([rows_a]) != datarow_digest([rows_b])         # order matters
