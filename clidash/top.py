@@ -26,8 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 DURATION = "db_client_operation_duration_seconds"
 ROLES = ("primary", "replica")
-# Not exported by the proxy today; shown when a family like this is present:
-# a gauge with labels {service, [route], mode}, value 1 for the mode in force.
+# A gauge with labels {service, [route], mode}, value 1 for the mode in force
+# (the proxy exports clidash_proxy_route_mode).
 MODE_FAMILIES = ("clidash_proxy_route_mode", "clidash_proxy_mode")
 SCRAPE_TIMEOUT_S = 2.0
 DEFAULT_URL = "http://127.0.0.1:9464/metrics"

@@ -77,6 +77,7 @@ class ProxySnapshot:
     hints_ignored: list    # (service, n)
     telemetry_dropped: int = 0
     app_operations: list = ()   # ((service, operation), counts, sum)
+    route_modes: list = ()      # (service, route, mode text) for routes that carried statements
     udp_dropped: list = ()      # (reason, n)
 
 
@@ -105,6 +106,16 @@ def take_snapshot(proxy, telemetry_dropped: int | None = None) -> ProxySnapshot:
         policies = [(service, w.version, w.age_s) for service, w in proxy.watchers.items()]
     else:
         policies = [(proxy.config.service, 0, None)]   # no policy plane: the configured --mode
+    # The mode each route with traffic is served in now. Services without a policy
+    # watcher (only possible with Redis configured) show the configured mode rather
+    # than starting one for a name a client made up.
+    routes = {(service, route) for (service, route, _op, _role) in stats.histograms}
+    route_modes = []
+    for service, route in sorted(routes):
+        if service in proxy.watchers or proxy.config.redis_url is None:
+            route_modes.append((service, route, str(proxy.policy_for(service, route))))
+        else:
+            route_modes.append((service, route, str(proxy.policy)))
     primary = replica = 0
     for client in proxy.clients:
         for target in client.backends:
@@ -123,6 +134,7 @@ def take_snapshot(proxy, telemetry_dropped: int | None = None) -> ProxySnapshot:
         errors=list(stats.errors.items()),
         route_overflow=list(stats.routes_overflowed.items()),
         hints_ignored=list(stats.hints_ignored.items()),
+        route_modes=route_modes,
         telemetry_dropped=telemetry_dropped,
         app_operations=app_operations,
         udp_dropped=udp_dropped,
@@ -197,7 +209,12 @@ class SnapshotCollector:
             version.add_metric((service,), applied)
             if age_s is not None:
                 age.add_metric((service,), age_s)
-        return version, age
+        modes = GaugeMetricFamily("clidash_proxy_route_mode",
+                                  "1 for the consistency mode a route is served in now.",
+                                  labels=("service", "route", "mode"))
+        for service, route, mode in snap.route_modes:
+            modes.add_metric((service, route, mode), 1)
+        return version, age, modes
 
     @staticmethod
     def _connections(snap):

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clidash.cli import main
 from clidash.config import ConfigError, build_proxy_config
+from clidash.policy import ModeSpec
 from clidash.proxy.metrics import cumulative_buckets, proxy_registry, render, take_snapshot
 from clidash.proxy.routing import PRIMARY, ReplicaView
 from clidash.proxy.stats import LATENCY_BUCKETS_S, StatementStats
@@ -25,9 +26,15 @@ def fake_proxy(watchers=None):
     stats.hints_ignored["svc"] += 2
     clients = [SimpleNamespace(backends={PRIMARY: 1, 0: 2}), SimpleNamespace(backends={PRIMARY: 3})]
     return SimpleNamespace(
-        config=SimpleNamespace(protocol="postgresql", service="svc"),
+        config=SimpleNamespace(protocol="postgresql", service="svc", redis_url=None),
+        policy=ModeSpec.parse("EVENTUAL"), policy_for=lambda service, route: ModeSpec.parse("EVENTUAL"),
         stats=stats, clients=clients, watchers=watchers or {},
         replicas=[ReplicaView("replica-1", lag_ms=250.0, lag_bytes=4096), ReplicaView("replica-2", healthy=False)])
+
+
+def test_each_route_reports_the_mode_it_is_served_in():
+    modes = {labels: v for (name, labels), v in scrape(fake_proxy()).items() if name == "clidash_proxy_route_mode"}
+    assert modes == {(("mode", "EVENTUAL"), ("route", "r1"), ("service", "svc")): 1.0}
 
 
 def scrape(proxy):
