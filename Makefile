@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml sdk-lite/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ./sdk-lite -e '.[dev]'
+	$(PY) -m pip install --quiet -e ./sdk-lite -e '.[dev,optimizer]'
 	touch $(STAMP)
 
 ## make test: unit tests, then integration and e2e tests against throwaway servers
