@@ -85,18 +85,23 @@ async def wait_for(predicate, timeout=10.0, what="condition"):
         await asyncio.sleep(0.05)
 
 
-async def test_a_known_workload_shows_in_metrics(proxy, pg_cluster):
+async def create_replicated_table(pg_cluster, name: str) -> None:
+    """CREATE TABLE name (id int) on the primary and wait until the standby has it."""
     direct = await asyncpg.connect(pg_cluster.primary.dsn)
     try:
-        await direct.execute("CREATE TABLE IF NOT EXISTS metrics_t (id int)")
+        await direct.execute(f"CREATE TABLE IF NOT EXISTS {name} (id int)")
     finally:
         await direct.close()
     standby = await asyncpg.connect(pg_cluster.replicas[0].dsn)
     try:
-        await wait_for(lambda: standby.fetchval("SELECT to_regclass('metrics_t') IS NOT NULL"),
-                       what="metrics_t on the standby")
+        await wait_for(lambda: standby.fetchval(f"SELECT to_regclass('{name}') IS NOT NULL"),
+                       what=f"{name} on the standby")
     finally:
         await standby.close()
+
+
+async def test_a_known_workload_shows_in_metrics(proxy, pg_cluster):
+    await create_replicated_table(pg_cluster, "metrics_t")
 
     conn = await asyncpg.connect(proxy.dsn, statement_cache_size=0)
     try:

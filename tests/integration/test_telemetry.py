@@ -14,7 +14,7 @@ from clidash.config import build_proxy_config
 from clidash.proxy.pg.server import PgProxy
 from clidash.redis_keys import TELEMETRY_STREAM
 from pgcluster import free_port
-from test_metrics import get, samples, value, wait_for
+from test_metrics import create_replicated_table, get, samples, value, wait_for
 
 SERVICE = "telemetry-test"
 READ = "SELECT count(*) FROM telemetry_t WHERE id = {}"
@@ -48,20 +48,6 @@ async def proxy(pg_cluster, redis_url):
     await server.close()
 
 
-async def create_table(pg_cluster):
-    direct = await asyncpg.connect(pg_cluster.primary.dsn)
-    try:
-        await direct.execute("CREATE TABLE IF NOT EXISTS telemetry_t (id int)")
-    finally:
-        await direct.close()
-    standby = await asyncpg.connect(pg_cluster.replicas[0].dsn)
-    try:
-        await wait_for(lambda: standby.fetchval("SELECT to_regclass('telemetry_t') IS NOT NULL"),
-                       what="telemetry_t on the standby")
-    finally:
-        await standby.close()
-
-
 async def read_records(redis_url):
     client = aioredis.Redis.from_url(redis_url)
     try:
@@ -85,7 +71,7 @@ def route_totals(records, service, route):
 
 
 async def test_a_known_workload_adds_up_in_the_telemetry_stream(proxy, pg_cluster):
-    await create_table(pg_cluster)
+    await create_replicated_table(pg_cluster, "telemetry_t")
     conn = await asyncpg.connect(proxy.dsn, statement_cache_size=0)
     try:
         for i in range(N_READS):
