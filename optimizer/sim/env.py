@@ -144,9 +144,16 @@ class SimEnv:
     def done(self) -> bool:
         return self.t >= self.scenario.windows
 
-    def step(self, actions: Mapping[str, ModeSpec | str]) -> tuple[dict[str, WindowResult], bool]:
+    def step(self, actions: Mapping[str, ModeSpec | str],
+             expected_outcomes: bool = False) -> tuple[dict[str, WindowResult], bool]:
+        """Run one window. `expected_outcomes`: stale counts are their expectation
+        (floats) instead of a draw, for a look-ahead that knows the window's traffic
+        and lag but not its coin flips."""
         sc, t, W = self.scenario, self.t, self.scenario.window_s
         tr, out = self._traffic, self._outcome
+
+        def draw_stale(n: int, p: float) -> float:
+            return n * p if expected_outcomes else _binomial(out, n, p)
 
         # 1. traffic for this window
         arrivals = []
@@ -203,9 +210,9 @@ class SimEnv:
                         own_rep = own
                         res.ryw_exposed_reads = own
                         p_own = sum(1.0 - math.exp(-lag / r.ryw_age_ms) for _, lag in eligible) / n
-                        own_stale = _binomial(out, own, p_own)
+                        own_stale = draw_stale(own, p_own)
                         res.ryw_violations = own_stale
-                    res.stale_reads = own_stale + _binomial(out, other, stale_other)
+                    res.stale_reads = own_stale + draw_stale(other, stale_other)
                     on_rep = other + own_rep
                     res.reads_replica = on_rep
                     q, extra = divmod(on_rep, n)
@@ -253,6 +260,27 @@ class SimEnv:
                                                 pw.utilisation, res)
         self.t += 1
         return results, self.done
+
+    def snapshot(self) -> tuple:
+        """Everything step() changes, for a hindsight search that tries several actions
+        from the same point (restore() puts it back)."""
+        return (self.t, self._traffic.getstate(), self._lag_rng.getstate(), self._outcome.getstate(),
+                self.primary.backlog_ms, [s.backlog_ms for s in self.replica_servers],
+                [(lp._spike_left, lp._spike_len, lp._spike_peak, lp._down_left) for lp in self.scenario.replicas],
+                {k: dict(v) for k, v in self._obs.items()})
+
+    def restore(self, snap: tuple) -> None:
+        t, traffic, lag, outcome, backlog, rep_backlogs, lags, obs = snap
+        self.t = t
+        self._traffic.setstate(traffic)
+        self._lag_rng.setstate(lag)
+        self._outcome.setstate(outcome)
+        self.primary.backlog_ms = backlog
+        for srv, b in zip(self.replica_servers, rep_backlogs):
+            srv.backlog_ms = b
+        for lp, (left, length, peak, down) in zip(self.scenario.replicas, lags):
+            lp._spike_left, lp._spike_len, lp._spike_peak, lp._down_left = left, length, peak, down
+        self._obs = {k: dict(v) for k, v in obs.items()}
 
     # ------------------------------------------------------------------ helpers
 

@@ -162,6 +162,7 @@ class Route:
                  (exponential); hot, often-updated data has a small age.
     objective_ms: latency objective for the route's p99.
     stale_budget: tolerated fraction of stale reads.
+    floor:       the operator's floor (weakest mode allowed), None = no floor.
     """
 
     name: str
@@ -172,6 +173,7 @@ class Route:
     data_age_ms: float = 5_000.0
     objective_ms: float = 50.0
     stale_budget: float = 0.01
+    floor: str | None = None
 
 
 @dataclass(frozen=True)

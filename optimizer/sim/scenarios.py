@@ -19,7 +19,7 @@ def _base_routes() -> list[Route]:
         Route("product_page", read_rate=1200, write_rate=5, ryw_share=0.0,
               data_age_ms=10_000, objective_ms=20, stale_budget=0.01),
         Route("cart", read_rate=300, write_rate=60, ryw_share=0.3, ryw_age_ms=150,
-              data_age_ms=2_000, objective_ms=30, stale_budget=0.001),
+              data_age_ms=2_000, objective_ms=30, stale_budget=0.001, floor="READ_YOUR_WRITES"),
     ]
 
 
@@ -57,7 +57,7 @@ def flash_crowd(seed: int) -> Scenario:
 
 def write_heavy_ryw(seed: int) -> Scenario:
     routes = [Route("feed_post", read_rate=1200, write_rate=800, ryw_share=0.5, ryw_age_ms=100,
-                    data_age_ms=1_000, objective_ms=30, stale_budget=0.005),
+                    data_age_ms=1_000, objective_ms=30, stale_budget=0.005, floor="READ_YOUR_WRITES"),
               Route("feed_view", read_rate=800, write_rate=0, data_age_ms=1_000,
                     objective_ms=40, stale_budget=0.05)]
     reps = [LagProcess(base_ms=40, spike_prob=0.01, spike_peak_ms=800), LagProcess(base_ms=50)]
@@ -90,7 +90,7 @@ def mixed_objectives(seed: int) -> Scenario:
     routes = [
         Route("analytics", read_rate=600, write_rate=1, data_age_ms=60_000, objective_ms=200, stale_budget=0.10),
         Route("checkout", read_rate=200, write_rate=40, ryw_share=0.6, ryw_age_ms=80,
-              data_age_ms=500, objective_ms=30, stale_budget=0.0),
+              data_age_ms=500, objective_ms=30, stale_budget=0.0, floor="READ_YOUR_WRITES"),
         Route("profile", read_rate=500, write_rate=30, ryw_share=0.4, ryw_age_ms=300,
               data_age_ms=5_000, objective_ms=25, stale_budget=0.005),
         Route("search", read_rate=1500, write_rate=0, data_age_ms=20_000, objective_ms=15, stale_budget=0.02),
