@@ -40,6 +40,17 @@ OVERLOAD_CAP = 2.0
 W_SWITCH = 0.1
 
 
+def stale_penalty(stale_found: float, stale_audited: float, stale_budget: float) -> float:
+    """The stale term's size (>= 0) for an audit of `stale_audited` reads that found `stale_found` stale."""
+    if not stale_audited:
+        return 0.0
+    rate = stale_found / stale_audited
+    if rate <= stale_budget:
+        return 0.0
+    excess = (rate - stale_budget) / stale_budget if stale_budget > 0 else STALE_EXCESS_CAP
+    return W_STALE_BREACH + W_STALE_EXCESS * min(excess, STALE_EXCESS_CAP)
+
+
 def reward(window: Any, action: int, prev_action: int | None, objective_ms: float,
            stale_budget: float) -> tuple[float, dict[str, float]]:
     """(total, terms). `window` is a RouteState, a sim WindowResult or a telemetry
@@ -53,10 +64,7 @@ def reward(window: Any, action: int, prev_action: int | None, objective_ms: floa
     latency_gain = W_LATENCY_GAIN * max(0.0, (obj - p99) / obj) if s.reads else 0.0
     latency_over = W_LATENCY_OVER * min(max(0.0, (p99 - obj) / obj), LATENCY_OVER_CAP)
 
-    stale = 0.0
-    if s.stale_audited and s.stale_rate > stale_budget:
-        excess = (s.stale_rate - stale_budget) / stale_budget if stale_budget > 0 else STALE_EXCESS_CAP
-        stale = W_STALE_BREACH + W_STALE_EXCESS * min(excess, STALE_EXCESS_CAP)
+    stale = stale_penalty(s.stale_found, s.stale_audited, stale_budget)
 
     errors = W_ERRORS * s.error_rate
     overload = 0.0

@@ -21,6 +21,12 @@ turns it into a fixed-length vector of `OBS_DIM` floats:
   13-18  action one-hot           current action over ACTIONS (strength order) {0, 1}
   19     since_change             min(windows since last change, 30) / 30      [0, 1]
   20-25  allowed mask             1 where the floor allows the action          {0, 1}
+  26     stale_budget_level       (log10(max(budget, 1e-4)) + 4) / 4: how much
+                                  staleness the route tolerates                [0, 1]
+  27     stale_rel_seen           stale_rel of the latest window that had audits
+                                  (remembered while the route is on STRONG, where
+                                  nothing is audited); 0 before any audit       [0, 4]
+  28     stale_seen_action        the action index in force then / 5           [0, 1]
 
 Log scales keep a 10 rps route and a 10k rps route in the same numeric range;
 ratios are capped at 4 because beyond "4x over" the agent needs no finer detail.
@@ -39,7 +45,7 @@ from .actions import ACTIONS, N_ACTIONS
 LAG_THRESHOLDS_MS = (50.0, 250.0, 1000.0)
 RATIO_CAP = 4.0
 SINCE_CHANGE_CAP = 30
-OBS_DIM = 13 + N_ACTIONS + 1 + N_ACTIONS
+OBS_DIM = 13 + N_ACTIONS + 1 + N_ACTIONS + 3
 
 _LOG_READ = math.log1p(1e5)
 _LOG_WRITE = math.log1p(1e4)
@@ -172,7 +178,7 @@ class RouteState:
             reads_primary=res.reads_primary, reads_replica=res.reads_replica,
             writes=res.writes, errors=res.errors, ryw_exposed_reads=res.ryw_exposed_reads,
             stale_audited=res.reads_replica,
-            stale_found=res.stale_reads + res.ryw_violations,
+            stale_found=res.stale_reads,   # own-write (RYW) violations are already in stale_reads
             primary_p99_ms=res.primary_p99_ms, replica_p99_ms=res.replica_p99_ms,
             route_p99_ms=res.route_p99_ms,
             # Only the max lag is known: assume every healthy replica sits at it (pessimistic).
@@ -192,12 +198,21 @@ def lag_level(state: RouteState) -> float:
     return _clip(math.log1p(state.max_lag_ms) / _LOG_LAG, 0.0, 1.0)
 
 
+def stale_relative(state: RouteState, stale_budget: float) -> float:
+    """Audited stale rate / budget; a zero budget makes any stale read "maximally over"."""
+    if stale_budget > 0:
+        return state.stale_rate / stale_budget
+    return RATIO_CAP if state.stale_found else 0.0
+
+
 def features(state: RouteState, *, objective_ms: float, stale_budget: float,
              current_action: int | None = None, windows_since_change: int = 0,
-             mask: Sequence[bool] | None = None, prev: RouteState | None = None) -> list[float]:
+             mask: Sequence[bool] | None = None, prev: RouteState | None = None,
+             stale_seen: tuple[float, int] | None = None) -> list[float]:
     """The observation vector (see the module docstring for the layout).
     `current_action` defaults to the route's reported mode; `mask` to all allowed;
-    `prev` (the previous window) gives the lag trend, 0 without it."""
+    `prev` (the previous window) gives the lag trend, 0 without it; `stale_seen` is
+    (stale_rel, action) of the latest audited window, None when there was none."""
     w = state.window_s or 1.0
     reads, ops = state.reads, state.reads + state.writes
     obj = max(objective_ms, 1e-9)
@@ -206,10 +221,7 @@ def features(state: RouteState, *, objective_ms: float, stale_budget: float,
     n_rep = len(state.replica_lags_ms)
     within = [sum(1 for lag in state.replica_lags_ms if lag is not None and lag <= t) / n_rep if n_rep else 0.0
               for t in LAG_THRESHOLDS_MS]
-    if stale_budget > 0:
-        stale_rel = state.stale_rate / stale_budget
-    else:  # zero budget: any stale read is "maximally over"
-        stale_rel = RATIO_CAP if state.stale_found else 0.0
+    stale_rel = stale_relative(state, stale_budget)
     act = action_for_mode(state.mode) if current_action is None else current_action
     if mask is None:
         mask = [True] * N_ACTIONS
@@ -230,6 +242,9 @@ def features(state: RouteState, *, objective_ms: float, stale_budget: float,
         *[1.0 if i == act else 0.0 for i in range(N_ACTIONS)],
         min(max(windows_since_change, 0), SINCE_CHANGE_CAP) / SINCE_CHANGE_CAP,
         *[1.0 if m else 0.0 for m in mask],
+        _clip((math.log10(max(stale_budget, 1e-4)) + 4.0) / 4.0, 0.0, 1.0),
+        _clip(stale_seen[0], 0.0, RATIO_CAP) if stale_seen else 0.0,
+        stale_seen[1] / (N_ACTIONS - 1) if stale_seen else 0.0,
     ]
     assert len(vec) == OBS_DIM
     return vec

@@ -54,7 +54,11 @@ def test_feature_vector_length_ranges_and_mask():
     onehot = v[13:13 + N_ACTIONS]
     assert onehot == [1.0 if i == EVENTUAL else 0.0 for i in range(N_ACTIONS)]
     assert v[13 + N_ACTIONS] == 1.0                   # since-change capped
-    assert v[-N_ACTIONS:] == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    mask_at = 14 + N_ACTIONS
+    assert v[mask_at:mask_at + N_ACTIONS] == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    assert v[-3:] == [pytest.approx(0.5), 0.0, 0.0]   # budget 1% -> 0.5; nothing audited remembered yet
+    seen = features(s, objective_ms=20.0, stale_budget=0.01, stale_seen=(2.0, EVENTUAL))
+    assert seen[-2:] == [2.0, 1.0]
 
 
 def test_features_from_a_sim_window_and_mode_mapping():
