@@ -8,7 +8,6 @@ disjoint from evaluation seeds 0..n-1 and the heuristics' tuning seeds).
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -171,9 +170,3 @@ def train(settings: TrainSettings, progress: Callable[[EpisodeLog], None] | None
         agent.q_net.load_state_dict(q_state)
         agent.target_net.load_state_dict(target_state)
     return agent
-
-
-def model_version(path: str | Path) -> str:
-    """`<file name>@<sha256 prefix>`: names the exact weights a decision came from."""
-    p = Path(path)
-    return f"{p.name}@{hashlib.sha256(p.read_bytes()).hexdigest()[:12]}"
