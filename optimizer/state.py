@@ -151,8 +151,10 @@ class RouteState:
                     window_s: float = 1.0) -> "RouteState":
         bounds = route.get("latency_buckets_s") or []
         rp, rr = route.get("read_primary_hist"), route.get("read_replica_hist")
-        lags = tuple(float(r.get("lag_ms_max") or 0.0) if r.get("healthy", True) else None
-                     for r in replicas)
+        # A replica whose lag is not measured yet (null) is not known to be fresh: it
+        # counts like an unhealthy one (within no bound, not in the max).
+        lags = tuple(float(r["lag_ms_max"]) if r.get("healthy", True) and r.get("lag_ms_max") is not None
+                     else None for r in replicas)
         return cls(
             route=str(route.get("route", "*")), mode=str(route.get("mode", "STRONG")),
             window_s=float(window_s) or 1.0,

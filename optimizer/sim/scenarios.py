@@ -20,6 +20,10 @@ def _base_routes() -> list[Route]:
               data_age_ms=10_000, objective_ms=20, stale_budget=0.01),
         Route("cart", read_rate=300, write_rate=60, ryw_share=0.3, ryw_age_ms=150,
               data_age_ms=2_000, objective_ms=30, stale_budget=0.001, floor="READ_YOUR_WRITES"),
+        # Mostly reads back its own writes; other users' data is cold: READ_YOUR_WRITES is
+        # the right mode here (its floor), STRONG only while lag makes the rest stale.
+        Route("account", read_rate=200, write_rate=10, ryw_share=0.8, ryw_age_ms=300,
+              data_age_ms=120_000, objective_ms=30, stale_budget=0.01, floor="READ_YOUR_WRITES"),
     ]
 
 
