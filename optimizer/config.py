@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from .actions import N_ACTIONS
+
+# The committed checkpoint (optimizer/checkpoints/README.md says how it was trained).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default.pt"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Callable, Mapping
 
 from clidash.policy import ModeSpec
@@ -26,10 +25,9 @@ from .sim.scenarios import SCENARIOS
 from .state import OBS_DIM, RouteState
 
 TRAIN_SEED_BASE = 10_000
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default.pt"
 
 
-DEFAULT_TRAIN_WINDOWS = 700_000
+DEFAULT_TRAIN_WINDOWS = 600_000
 
 
 def default_dqn_config(seed: int = 1, total_windows: int = DEFAULT_TRAIN_WINDOWS) -> DQNConfig:
@@ -39,7 +37,7 @@ def default_dqn_config(seed: int = 1, total_windows: int = DEFAULT_TRAIN_WINDOWS
     return DQNConfig(obs_dim=OBS_DIM, seed=seed, hidden_sizes=(64, 64), gamma=0.9, lr=5e-4,
                      batch_size=128, buffer_size=100_000, learning_starts=2_000, train_frequency=8,
                      target_update_interval=250, epsilon_start=1.0, epsilon_end=0.02,
-                     epsilon_decay_steps=max(1, int(total_windows * 0.6)))
+                     epsilon_decay_steps=max(1, int(total_windows * 0.7)))
 
 
 def guardrails_for_sim() -> Guardrails:
