@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from .cli_optimizer import optimizer
 from .cli_policy import policy
 from .config import (AUTH_METHODS, DEFAULT_METRICS_LISTEN, DEFAULT_UDP_LISTEN, PROTOCOLS, ConfigError,
                      build_proxy_config, load_toml_section)
@@ -120,6 +121,7 @@ def demo():
 
 
 main.add_command(policy)
+main.add_command(optimizer)
 
 
 @main.command()

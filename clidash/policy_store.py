@@ -170,6 +170,17 @@ def set_route_policy(r: redis.Redis, service: str, route: str, policy: RoutePoli
     return version
 
 
+def log_decision(r: redis.Redis, service: str, route: str, from_mode: str, to_mode: str, *, source: str,
+                 reason: str, version: int, extra: Mapping[str, Any] | None = None) -> None:
+    """XADD one `clidash:decisions` entry without changing the policy, e.g. a proposal the
+    optimizer's guardrails held back (from == to); same fields as a change's entry."""
+    _check_names(service, route)
+    with _redis_errors(r, "logging a decision"):
+        pipe = r.pipeline(transaction=False)
+        _log_decision(pipe, service, route, from_mode, to_mode, source, reason, version, rfc3339_now(), extra)
+        pipe.execute()
+
+
 def delete_route_policy(r: redis.Redis, service: str, route: str, source: str = "operator",
                         reason: str = "") -> int | None:
     """Remove `route`'s entry (it falls back to `*`); returns the new version, None when nothing was stored."""
@@ -322,5 +333,5 @@ def list_services(r: redis.Redis) -> list[ServiceSummary]:
 
 
 __all__ = ["DEFAULT_REDIS_URL", "DEFAULT_ROUTE", "Decision", "PolicyStoreError", "ServiceSummary", "clear_floor",
-           "connect", "delete_route_policy", "describe", "history", "list_services", "read_floors", "read_policy",
-           "set_floor", "set_route_policy"]
+           "connect", "delete_route_policy", "describe", "history", "list_services", "log_decision", "read_floors",
+           "read_policy", "set_floor", "set_route_policy"]

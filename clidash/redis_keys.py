@@ -15,6 +15,11 @@ DECISIONS_STREAM = PREFIX + "decisions"      # stream: one entry per policy chan
 DECISIONS_MAXLEN = 10_000                    # trimmed approximately (MAXLEN ~)
 PROXIES_KEY = PREFIX + "proxies"             # hash: proxy id -> {"service","policy_version","last_seen"}
 
+# The live optimizer's own coordination keys (optimizer/live/sharing.py): several
+# optimizer processes share the telemetry stream's consumer group.
+OPTIMIZER_PARTIAL_PREFIX = PREFIX + "optimizer:partial:"  # hash per (service, window): consumer -> partial JSON
+OPTIMIZER_OWNER_PREFIX = PREFIX + "optimizer:owner:"      # string per service: the consumer that decides it
+
 
 def policy_key(service: str) -> str:
     return POLICY_PREFIX + service
@@ -22,6 +27,14 @@ def policy_key(service: str) -> str:
 
 def floor_key(service: str) -> str:
     return FLOOR_PREFIX + service
+
+
+def optimizer_partial_key(service: str, window: int) -> str:
+    return f"{OPTIMIZER_PARTIAL_PREFIX}{service}:{window}"
+
+
+def optimizer_owner_key(service: str) -> str:
+    return OPTIMIZER_OWNER_PREFIX + service
 
 
 def service_from_key(key: str) -> str | None:
