@@ -16,7 +16,9 @@ weaker); `Guardrails.decide` returns what is actually applied. Order of checks:
   tighten     a stronger action applies at once: safety must never wait.
   dwell       a weaker action is held back until the route has spent
               `dwell_windows` completed windows at its current action.
-  step        relaxing moves at most one step weaker per decision.
+  step        relaxing moves at most one step weaker per decision; from STRONG toward
+              a BOUNDED or EVENTUAL target the step is BOUNDED:50, not READ_YOUR_WRITES
+              (which bounds nothing for sessions without writes).
   rate_limit  at most `max_changes_per_window` changes per window; tightenings
               still apply (and count), relaxations beyond the limit are deferred.
 
@@ -31,6 +33,7 @@ from typing import Sequence
 from .actions import ACTIONS, N_ACTIONS
 
 STRONG_INDEX = 0
+RYW_INDEX = 1
 Event = tuple[str, str, str]
 
 
@@ -95,14 +98,25 @@ class Guardrails:
             emit("dwell", f"{self._dwell.get(route, 0)}/{self.dwell_windows} windows at "
                           f"{ACTIONS[current_index]}; relaxing to {ACTIONS[target]} deferred")
             return current_index, events
-        if target > current_index + 1:
-            emit("step", f"relax limited to one step: {ACTIONS[current_index + 1]} instead of {ACTIONS[target]}")
-            target = current_index + 1
+        next_step = self._next_step(current_index, target)
+        if target > next_step:
+            emit("step", f"relax limited to one step: {ACTIONS[next_step]} instead of {ACTIONS[target]}")
+            target = next_step
         if self._changes >= self.max_changes_per_window:
             emit("rate_limit", f"{self._changes}/{self.max_changes_per_window} changes this window; "
                                f"relaxing to {ACTIONS[target]} deferred")
             return current_index, events
         return self._apply(route, current_index, target), events
+
+    @staticmethod
+    def _next_step(current: int, target: int) -> int:
+        """The one step a relaxation may take toward `target`. READ_YOUR_WRITES is skipped on
+        the way to a lag-bounded mode: for sessions that do not write it bounds nothing,
+        so passing through it would expose them to any lag on the way to a bound."""
+        step = current + 1
+        if step == RYW_INDEX and target > RYW_INDEX:
+            step += 1
+        return step
 
     def _apply(self, route: str, current: int, final: int) -> int:
         if final != current:

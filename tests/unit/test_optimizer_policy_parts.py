@@ -14,6 +14,7 @@ BOUNDS = [0.001, 0.005, 0.01, 0.05, 0.1]
 EVENTUAL = action_index(ModeSpec(Mode.EVENTUAL))
 B250 = action_index(ModeSpec(Mode.BOUNDED, 250.0))
 RYW = action_index(ModeSpec(Mode.READ_YOUR_WRITES))
+B50 = action_index(ModeSpec(Mode.BOUNDED, 50.0))
 
 
 def _route(**kw):
@@ -133,10 +134,20 @@ def test_tightening_is_immediate_and_relaxing_is_one_step_after_dwell():
     assert g.decide("r", EVENTUAL, 0, full, 0.0, 0.01)[0] == 0
     g.end_window()
     final, ev = g.decide("r", EVENTUAL, 0, full, 0.0, 0.01)
-    assert final == 1 and [e[0] for e in ev] == ["step"]
+    # toward a lag-bounded target the step from STRONG is BOUNDED:50: READ_YOUR_WRITES
+    # bounds nothing for sessions without writes
+    assert final == B50 and [e[0] for e in ev] == ["step"]
     # the step restarts the dwell clock
-    assert g.decide("r", EVENTUAL, 1, full, 0.0, 0.01)[0] == 1
+    assert g.decide("r", EVENTUAL, B50, full, 0.0, 0.01)[0] == B50
     assert g.fired["dwell"] == 3 and g.fired["step"] == 1
+    _dwell(g, 3)
+    assert g.decide("r", EVENTUAL, B50, full, 0.0, 0.01)[0] == B250    # then one action at a time
+
+
+def test_relaxing_to_read_your_writes_itself_is_one_step():
+    g = Guardrails(dwell_windows=0)
+    assert g.decide("r", RYW, 0, [True] * N_ACTIONS, 0.0, 0.01) == (RYW, [])
+    assert g.decide("q", EVENTUAL, RYW, [True] * N_ACTIONS, 0.0, 0.01)[0] == B50
 
 
 def test_tripwire_reverts_to_strong_and_freezes():
@@ -150,7 +161,7 @@ def test_tripwire_reverts_to_strong_and_freezes():
         assert final == 0 and ev[0][0] == "frozen"
     g.end_window()
     assert not g.is_frozen("r")
-    assert g.decide("r", EVENTUAL, 0, full, 0.0, 0.01)[0] == 1
+    assert g.decide("r", EVENTUAL, 0, full, 0.0, 0.01)[0] == B50
     assert g.fired["tripwire"] == 1 and g.fired["frozen"] == 3
     # within k x budget: no trip
     assert Guardrails().decide("x", 0, 0, full, 0.02, 0.01) == (0, [])
