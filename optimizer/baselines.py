@@ -28,7 +28,7 @@ from .actions import ACTIONS, mask_for_floor
 from .reward import reward, stale_penalty
 from .sim.env import SimEnv, WindowResult
 from .sim.model import Scenario
-from .sim.rollout import EpisodeStats, clamp_to_floors, floor_of, run_episode, score_window
+from .sim.rollout import EpisodeStats, clamp_to_floors, floor_of, record_window, run_episode, score_window
 
 # Candidate thresholds for the tuned lag-threshold heuristic (ms): the agent's own
 # BOUNDED values, so heuristic, DQN and oracle choose from the same modes and the
@@ -135,8 +135,6 @@ def expected_score(scenario: Scenario, results: Mapping[str, WindowResult], mode
 
 def run_oracle(scenario: Scenario, seed: int) -> EpisodeStats:
     """The per-window hindsight oracle's episode (see the module docstring)."""
-    from .sim.rollout import record_window
-
     env = SimEnv(scenario, seed)
     allowed = {r.name: [apply_floor(a, floor_of(r)) for a, ok in zip(ACTIONS, mask_for_floor(floor_of(r))) if ok]
                for r in scenario.routes}

@@ -117,7 +117,7 @@ class Controller:
                     self.train_updates += 1
             prepared.append((item, mem, current, obs, total, terms))
 
-        q_all = self._q_batch([p[3] for p in prepared], [p[0].mask for p in prepared])
+        q_all = self._q_batch([p[3] for p in prepared])
         decisions = []
         for (item, mem, current, obs, total, terms), q in zip(prepared, q_all):
             allowed = [i for i, ok in enumerate(item.mask) if ok] or [0]
@@ -166,7 +166,7 @@ class Controller:
         mem.explore_left = 0
         return None, False
 
-    def _q_batch(self, obs: list[list[float]], masks: list[Sequence[bool]]) -> list[list[float]]:
+    def _q_batch(self, obs: list[list[float]]) -> list[list[float]]:
         if not obs:
             return []
         with torch.no_grad():

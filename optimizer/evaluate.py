@@ -149,7 +149,7 @@ def format_report(result: dict) -> str:
         gap = "n/a" if sc["gap_closed"] is None else f"{100 * sc['gap_closed']:.0f}%"
         lines.append(f"  dqn - {sc['best_heuristic']}: {d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
                      f"   oracle gap closed: {gap}")
-        t = result["targets"]
+    t = result["targets"]
     lines.append("\n== targets")
     lines.append(f"  RYW violations on READ_YOUR_WRITES/STRONG-floor routes: {t['ryw_violations_on_protected_routes']}"
                  f"  ({'met' if t['zero_ryw_violations'] else 'MISSED'})")

@@ -56,16 +56,19 @@ class DQNPolicy:
     name: str = "dqn"
     make_guardrails: Callable[[], Guardrails] = guardrails_for_sim
     controller: Controller | None = field(default=None, init=False)
+    masks: dict[str, tuple[bool, ...]] = field(default_factory=dict, init=False)
 
     def reset(self, env: SimEnv) -> None:
         self.controller = Controller(self.agent, self.make_guardrails(), learn=self.learn, explore=self.explore)
+        # Floors are fixed for an episode: build each route's mask once, not every window.
+        self.masks = {r.name: tuple(mask_for_floor(floor_of(r))) for r in env.scenario.routes}
 
     def act(self, env: SimEnv, last: Mapping[str, WindowResult] | None) -> dict[str, ModeSpec]:
         assert self.controller is not None, "reset() first"
         if last is None:
             return {r.name: ACTIONS[0] for r in env.scenario.routes}
         inputs = [RouteInput(r.name, RouteState.from_window(last[r.name], env.scenario.window_s),
-                             r.objective_ms, r.stale_budget, tuple(mask_for_floor(floor_of(r))))
+                             r.objective_ms, r.stale_budget, self.masks[r.name])
                   for r in env.scenario.routes]
         return {d.key: ACTIONS[d.applied] for d in self.controller.decide(inputs)}
 
